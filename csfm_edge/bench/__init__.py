@@ -1,0 +1,1 @@
+"""Benchmark library: timing, sweeps, machine records and reports (the CLI and benchmarks/ call it)."""

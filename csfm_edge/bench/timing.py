@@ -1,0 +1,42 @@
+"""Latency measurement the way trtexec does it: warm up for a while, then time many iterations."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class Latency:
+    """Per-call wall-clock statistics in milliseconds."""
+
+    iterations: int
+    median_ms: float
+    p90_ms: float
+    p99_ms: float
+    mean_ms: float
+    min_ms: float
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def measure(fn: Callable[[], object], *, warmup_s: float = 0.2, duration_s: float = 1.0,
+            min_iterations: int = 5, max_iterations: int = 100_000) -> Latency:
+    """Call ``fn`` for ``warmup_s`` untimed, then for at least ``duration_s`` and ``min_iterations``."""
+    deadline = time.perf_counter() + warmup_s
+    fn()
+    while time.perf_counter() < deadline:
+        fn()
+    samples: list[float] = []
+    end = time.perf_counter() + duration_s
+    while (len(samples) < min_iterations or time.perf_counter() < end) and len(samples) < max_iterations:
+        start = time.perf_counter()
+        fn()
+        samples.append(time.perf_counter() - start)
+    ms = np.asarray(samples) * 1000.0
+    return Latency(len(ms), float(np.median(ms)), float(np.percentile(ms, 90)), float(np.percentile(ms, 99)),
+                   float(ms.mean()), float(ms.min()))

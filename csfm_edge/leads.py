@@ -1,0 +1,76 @@
+"""CSFM's channel-type table: lead names, aliases and ids (0-11 = 12-lead ECG, 12 = PPG).
+
+Torch-free, so the runtime, the exporter and the model all share one table.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from csfm_edge.errors import LeadError
+
+LEAD_NAMES: tuple[str, ...] = (
+    "I", "II", "III", "aVR", "aVL", "aVF", "V1", "V2", "V3", "V4", "V5", "V6", "PPG",
+)
+PPG_ID = 12
+NUM_CHANNEL_TYPES = len(LEAD_NAMES)
+
+# Names recorders use for a lead CSFM knows. MLII is the MIT-BIH modified lead II; PLETH is the
+# plethysmogram channel of bedside monitors (PhysioNet, Philips, GE).
+ALIASES: dict[str, int] = {"MLII": 1, "ML2": 1, "PLETH": PPG_ID, "PLETH.": PPG_ID}
+
+_BY_NAME: dict[str, int] = {name.upper(): i for i, name in enumerate(LEAD_NAMES)}
+_BY_NAME.update({alias.upper(): i for alias, i in ALIASES.items()})
+
+# Named lead sets used by exports, profiles, benchmarks and serving.
+LEAD_SETS: dict[str, tuple[int, ...]] = {
+    "ii": (1,),
+    "ppg": (PPG_ID,),
+    "ii+ppg": (1, PPG_ID),
+    "12lead": tuple(range(12)),
+    "12lead+ppg": tuple(range(13)),
+}
+
+
+def lead_id(lead: str | int) -> int:
+    """One lead name (case-insensitive, aliases accepted) or CSFM id -> id."""
+    if isinstance(lead, (int, np.integer)) and not isinstance(lead, bool):
+        if 0 <= int(lead) < NUM_CHANNEL_TYPES:
+            return int(lead)
+        raise LeadError(f"lead id {int(lead)} is outside CSFM's table 0..{NUM_CHANNEL_TYPES - 1}")
+    if isinstance(lead, str):
+        key = lead.strip().upper()
+        if key in _BY_NAME:
+            return _BY_NAME[key]
+        raise LeadError(
+            f"unknown lead {lead!r}; CSFM knows {', '.join(LEAD_NAMES)} "
+            f"(aliases {', '.join(ALIASES)}) or ids 0..{NUM_CHANNEL_TYPES - 1}"
+        )
+    raise LeadError(f"a lead is a name or an integer id, not {type(lead).__name__}")
+
+
+def resolve_leads(leads: str | int | Sequence[str | int]) -> np.ndarray:
+    """Lead names/ids (or a named lead set such as ``ii+ppg``) -> int64 ids, refusing duplicates."""
+    if isinstance(leads, str) and leads.strip().lower() in LEAD_SETS:
+        return np.asarray(LEAD_SETS[leads.strip().lower()], dtype=np.int64)
+    if isinstance(leads, (str, int, np.integer)):
+        leads = [leads]
+    ids = [lead_id(lead) for lead in leads]
+    if not ids:
+        raise LeadError("no leads given")
+    seen: dict[int, int] = {}
+    for position, i in enumerate(ids):
+        if i in seen:
+            raise LeadError(
+                f"duplicate lead {LEAD_NAMES[i]} (positions {seen[i]} and {position}); "
+                "each CSFM channel type may appear once"
+            )
+        seen[i] = position
+    return np.asarray(ids, dtype=np.int64)
+
+
+def lead_names(ids: Sequence[int] | np.ndarray) -> list[str]:
+    """CSFM ids -> canonical names, for messages and manifests."""
+    return [LEAD_NAMES[int(i)] for i in ids]

@@ -1,0 +1,136 @@
+"""The CSFM signal encoder in PyTorch, with the authors' parameter names and shapes.
+
+Written from ``shared/spec/csfm-model.md``. Export-friendly: plain tensor ops (no einops), channel ids
+as an int64 tensor argument, and a time axis of any multiple of 25 up to 2500 (positional rows
+0..n-1), so the traced ONNX graph keeps batch, channel and time dynamic.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from csfm_edge.config import (
+    HEAD_WIDTH,
+    LAYERNORM_EPS,
+    MAX_PATCHES,
+    PATCH_SAMPLES,
+    WINDOW_SAMPLES,
+    CSFMConfig,
+)
+from csfm_edge.errors import WindowLengthError
+from csfm_edge.leads import NUM_CHANNEL_TYPES
+
+
+def check_window_length(samples: int) -> None:
+    """Refuse time axes the model cannot patch: any multiple of 25 from 25 to 2500 is allowed."""
+    if samples % PATCH_SAMPLES or not PATCH_SAMPLES <= samples <= WINDOW_SAMPLES:
+        raise WindowLengthError(
+            f"time axis of {samples} samples: CSFM takes multiples of {PATCH_SAMPLES} from "
+            f"{PATCH_SAMPLES} to {WINDOW_SAMPLES} samples (0.1-10 s at 250 Hz)")
+
+
+class Patchify(nn.Module):
+    """[B, C, T] -> [B, C, T/25, 25]; index 0 of the authors' patch embedding (their Rearrange)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.reshape(x.shape[0], x.shape[1], -1, PATCH_SAMPLES)
+
+
+class Attention(nn.Module):
+    """Pre-norm multi-head self-attention; ``fused`` uses scaled_dot_product_attention (same math)."""
+
+    def __init__(self, dim: int, heads: int, fused: bool = False):
+        super().__init__()
+        self.heads = heads
+        self.fused = fused
+        inner = heads * HEAD_WIDTH
+        self.norm = nn.LayerNorm(dim, eps=LAYERNORM_EPS)
+        self.to_qkv = nn.Linear(dim, 3 * inner, bias=False)
+        self.to_out = nn.Sequential(nn.Linear(inner, dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        q, k, v = (
+            t.unflatten(-1, (self.heads, HEAD_WIDTH)).transpose(1, 2)
+            for t in self.to_qkv(self.norm(x)).chunk(3, dim=-1)
+        )
+        if self.fused:
+            out = F.scaled_dot_product_attention(q, k, v)
+        else:
+            scores = torch.matmul(q, k.transpose(-1, -2)) * HEAD_WIDTH**-0.5
+            out = torch.matmul(scores.softmax(dim=-1), v)
+        return self.to_out(out.transpose(1, 2).flatten(2))
+
+
+class FeedForward(nn.Module):
+    """LayerNorm -> Linear -> GELU(erf) -> Linear; indices 3 and 5 of the authors' ``net`` are dropout."""
+
+    def __init__(self, dim: int, mlp_dim: int):
+        super().__init__()
+        self.net = nn.Sequential(
+            nn.LayerNorm(dim, eps=LAYERNORM_EPS),
+            nn.Linear(dim, mlp_dim),
+            nn.GELU(),
+            nn.Identity(),
+            nn.Linear(mlp_dim, dim),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+class Transformer(nn.Module):
+    def __init__(self, config: CSFMConfig, fused_attention: bool = False):
+        super().__init__()
+        self.layers = nn.ModuleList(
+            nn.ModuleList([Attention(config.dim, config.heads, fused_attention),
+                           FeedForward(config.dim, config.mlp_dim)])
+            for _ in range(config.depth)
+        )
+        self.norm = nn.LayerNorm(config.dim, eps=LAYERNORM_EPS)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for attention, feed_forward in self.layers:
+            x = x + attention(x)
+            x = x + feed_forward(x)
+        return self.norm(x)
+
+
+class CSFM(nn.Module):
+    """CSFM signal encoder: ``model(signal [B, C, T] float32, channel_ids [C] int64) -> features [B, dim]``.
+
+    ``model.head`` is the classifier (``mlp_head``) when the checkpoint has one, else None.
+    ``provenance`` says where the weights came from ("untrained, seed N" or the checkpoint's sha256).
+    """
+
+    def __init__(self, config: CSFMConfig, fused_attention: bool = False):
+        super().__init__()
+        self.config = config
+        dim = config.dim
+        self.cls_token = nn.Parameter(torch.randn(1, 1, dim))
+        self.ts_channel_type_embedding = nn.Parameter(torch.randn(1, NUM_CHANNEL_TYPES, dim))
+        self.ts_pos_embedding = nn.Parameter(torch.randn(1, MAX_PATCHES, dim))
+        self.ts_to_patch_embedding = nn.Sequential(
+            Patchify(),
+            nn.LayerNorm(PATCH_SAMPLES, eps=LAYERNORM_EPS),
+            nn.Linear(PATCH_SAMPLES, dim),
+            nn.LayerNorm(dim, eps=LAYERNORM_EPS),
+        )
+        self.transformer = Transformer(config, fused_attention)
+        self.mlp_head = nn.Linear(dim, config.head_classes) if config.head_classes else None
+        self.provenance = "untrained (random initialisation)"
+
+    @property
+    def head(self) -> nn.Linear | None:
+        return self.mlp_head
+
+    def forward(self, signal: torch.Tensor, channel_ids: torch.Tensor) -> torch.Tensor:
+        if not torch.jit.is_tracing() and not torch.compiler.is_compiling():
+            check_window_length(int(signal.shape[-1]))
+        x = self.ts_to_patch_embedding(signal)  # [B, C, n, dim]
+        channel_rows = self.ts_channel_type_embedding[0, channel_ids]  # [C, dim]
+        x = x + channel_rows.unsqueeze(1) + self.ts_pos_embedding[0, : x.shape[2]]
+        x = x.flatten(1, 2)  # channel-major tokens [B, C*n, dim]
+        x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1)
+        return self.transformer(x)[:, 0]

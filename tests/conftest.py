@@ -1,0 +1,38 @@
+"""Shared fixtures: the real recordings and the authors' miniature checkpoint beside the project.
+
+``../shared`` is not part of the repository; tests that need it skip with the reason where it is missing.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+SHARED = Path(__file__).resolve().parents[1].parent / "shared"
+DATA = SHARED / "data"
+REFERENCE = SHARED / "reference"
+
+
+def _need(path: Path) -> Path:
+    if not path.exists():
+        pytest.skip(f"{path} is missing: the shared recordings/reference sit beside the project, not in it")
+    return path
+
+
+@pytest.fixture(scope="session")
+def data_dir() -> Path:
+    return _need(DATA)
+
+
+@pytest.fixture(scope="session")
+def reference_dir() -> Path:
+    return _need(REFERENCE)
+
+
+def load_record(path: Path) -> tuple[np.ndarray, float, np.ndarray]:
+    """A shared .npz recording without the leads CSFM has no id for: (signal, fs, channel ids)."""
+    with np.load(path) as record:
+        keep = record["channel_ids"] >= 0
+        return record["signal"][keep], float(record["fs"]), record["channel_ids"][keep]
