@@ -52,5 +52,7 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
 
-if __name__ == "__main__":
-    sys.exit(main())
+if __name__ == "__main__":  # run as `python -m csfm_edge.cli`: use the importable module's registry
+    from csfm_edge.cli import main as registered_main
+
+    sys.exit(registered_main())

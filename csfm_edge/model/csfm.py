@@ -53,7 +53,7 @@ class Attention(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         q, k, v = (
             t.unflatten(-1, (self.heads, HEAD_WIDTH)).transpose(1, 2)
-            for t in self.to_qkv(self.norm(x)).chunk(3, dim=-1)
+            for t in self.to_qkv(self.norm(x)).split(self.heads * HEAD_WIDTH, dim=-1)
         )
         if self.fused:
             out = F.scaled_dot_product_attention(q, k, v)

@@ -270,3 +270,36 @@ def preprocess(
         raise FlatChannelError(
             f"flat signal (std <= {FLAT_STD:g} after filtering): lead off or disconnected?", names[c])
     return zscore(cut)
+
+
+def sliding_windows(
+    signal: np.ndarray,
+    fs: float,
+    leads,
+    *,
+    hop_s: float = 10.0,
+    ppg_order: int = DEFAULT_PPG_ORDER,
+    max_gap_s: float = 0.1,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A whole record -> z-scored windows float32 [W, C, 2500], their start times (s) and flat masks [W, C].
+
+    The record is resampled and filtered once, as the authors do, then cut every ``hop_s`` seconds
+    (the last window ends at the record's end, so no tail is lost); a record shorter than 10 s gives
+    one zero-padded window. Flat channels are reported in the mask rather than raised, so a caller
+    scoring many windows can flag them.
+    """
+    x, fs, ids, names = validate(signal, fs, leads)
+    fills = fill_gaps(x, fs, names, max_gap_s)
+    if fills:
+        warnings.warn("interpolated NaN/inf gaps: " + "; ".join(map(str, fills)), SignalWarning, stacklevel=2)
+    if not hop_s > 0:
+        raise ValueError(f"hop must be > 0 s, got {hop_s}")
+    filtered = filter_record(to_model_rate(x, fs), ids, ppg_order)
+    n = filtered.shape[-1]
+    hop = max(int(round(hop_s * SAMPLE_RATE_HZ)), 1)
+    offsets = list(range(0, max(n - WINDOW_SAMPLES, 0) + 1, hop))
+    if n > WINDOW_SAMPLES and offsets[-1] != n - WINDOW_SAMPLES:
+        offsets.append(n - WINDOW_SAMPLES)
+    cuts = np.stack([select_window(filtered, o) for o in offsets])
+    flat = cuts.std(axis=-1) <= FLAT_STD
+    return zscore(cuts), np.asarray(offsets) / SAMPLE_RATE_HZ, flat

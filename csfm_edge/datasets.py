@@ -1,0 +1,111 @@
+"""Real recordings for verification, calibration and benchmarks, torch-free.
+
+The shared recordings (``../shared/data``, or ``$CSFM_EDGE_DATA``, or ``--data``) give a batch of real
+10-s windows for each lead set CSFM is used with: 12-lead resting ECG, bedside lead II + PPG, an
+ambulatory single lead, PPG alone. Where no data folder exists (a user's machine), the ECG that
+ships with the package gives the single-lead set, and every check says which data it used.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from csfm_edge.config import WINDOW_SAMPLES
+from csfm_edge.errors import InputFileError
+from csfm_edge.leads import PPG_ID
+from csfm_edge.runtime.preprocess import sliding_windows
+from csfm_edge.runtime.samples import sample_ecg
+
+# Verification and calibration use disjoint records and windows, so INT8 is not checked on the
+# very windows it was calibrated on.
+TWELVE_LEAD_RECORDS = {
+    "verify": ("E07500", "E07501", "E07502", "E07503", "HR06000", "HR06001", "HR06002", "HR06003"),
+    "calibrate": ("E07504", "E07505", "E07506", "E07507", "E07508", "E07509", "HR06004"),
+}
+FIRST_WINDOW_S = {"verify": 0.0, "calibrate": 30.0}  # long records: windows every 60 s from here
+BEDSIDE_RECORD = "a103l"  # lead II, V (no CSFM id), PLETH at 250 Hz, 330 s
+AMBULATORY_RECORD = "mitdb100_5min"  # MLII, V5 at 360 Hz, 300 s
+
+
+def default_data_dir() -> Path | None:
+    """``$CSFM_EDGE_DATA``, else ``../shared/data`` from the working directory, else None."""
+    env = os.environ.get("CSFM_EDGE_DATA")
+    if env:
+        return Path(env)
+    shared = Path.cwd().parent / "shared" / "data"
+    return shared if shared.is_dir() else None
+
+
+@dataclass(frozen=True)
+class LeadSetBatch:
+    """Real preprocessed windows of one lead set: float32 [B, C, 2500] with their CSFM ids."""
+
+    name: str
+    signal: np.ndarray
+    channel_ids: np.ndarray
+    source: str
+    files: tuple[Path, ...] = ()
+
+
+def read_npz_record(path: Path) -> tuple[np.ndarray, float, np.ndarray]:
+    """A recording in the shared schema (signal [C, T], fs, channel_ids) -> (signal, fs, ids)."""
+    try:
+        with np.load(path) as record:
+            return record["signal"], float(record["fs"]), np.asarray(record["channel_ids"], dtype=np.int64)
+    except (OSError, KeyError, ValueError) as exc:
+        raise InputFileError(f"{path} is not a readable recording ({exc})") from None
+
+
+def _windows(path: Path, ids: tuple[int, ...], count: int, first_s: float) -> np.ndarray:
+    """``count`` windows of the leads ``ids`` every 60 s from ``first_s`` (one for a 10-s record)."""
+    signal, fs, channel_ids = read_npz_record(path)
+    rows = [int(np.flatnonzero(channel_ids == i)[0]) for i in ids]
+    windows, starts, _ = sliding_windows(signal[rows], fs, list(ids), hop_s=30.0)
+    keep = [k for k, s in enumerate(starts) if s >= first_s and (s - first_s) % 60 == 0] or [0]
+    return windows[keep[:count]]
+
+
+def lead_set_batches(data_dir: Path | None, batch: int = 4, split: str = "verify") -> list[LeadSetBatch]:
+    """Real windows per lead set in ``data_dir`` (vendored ECG if None); ``split`` verify or calibrate."""
+    if data_dir is None or not Path(data_dir).is_dir():
+        recording = sample_ecg()
+        windows, _, _ = sliding_windows(recording.signal, recording.fs, recording.leads, hop_s=4.0)
+        picked = windows[:batch] if split == "verify" else windows[::-1][:batch]
+        return [LeadSetBatch("ii", picked, np.array([1]), f"{recording.source} ({split} windows)")]
+    data_dir, first = Path(data_dir), FIRST_WINDOW_S[split]
+    records = TWELVE_LEAD_RECORDS[split][:batch]
+    twelve = np.concatenate([_windows(data_dir / f"{r}.npz", tuple(range(12)), 1, 0.0) for r in records])
+    bedside, ambulatory = data_dir / f"{BEDSIDE_RECORD}.npz", data_dir / f"{AMBULATORY_RECORD}.npz"
+    every = f"windows every 60 s from {first:g} s"
+    return [
+        LeadSetBatch("12lead", twelve, np.arange(12), "CinC 2021 Georgia/PTB-XL " + ",".join(records),
+                     tuple(data_dir / f"{r}.npz" for r in records)),
+        LeadSetBatch("ii+ppg", _windows(bedside, (1, PPG_ID), batch, first), np.array([1, PPG_ID]),
+                     f"CinC 2015 {BEDSIDE_RECORD} II+PLETH, {every}", (bedside,)),
+        LeadSetBatch("ii", _windows(ambulatory, (1,), batch, first), np.array([1]),
+                     f"MIT-BIH {AMBULATORY_RECORD} MLII, {every}", (ambulatory,)),
+        LeadSetBatch("ppg", _windows(bedside, (PPG_ID,), batch, first), np.array([PPG_ID]),
+                     f"CinC 2015 {BEDSIDE_RECORD} PLETH, {every}", (bedside,)),
+    ]
+
+
+def shaped_batch(batches: list[LeadSetBatch], batch: int, channels: int, time: int) -> tuple[np.ndarray, np.ndarray]:
+    """Real windows arranged as [batch, channels, time] with ids 0..channels-2 plus PPG or lead II.
+
+    Channels come from the 12-lead and PPG batches where they exist (any real ECG window otherwise),
+    so shape checks run on real signal rather than noise.
+    """
+    if not 1 <= channels <= 13 or not 1 <= time <= WINDOW_SAMPLES:
+        raise ValueError(f"no real batch of {channels} channels x {time} samples")
+    by_id: dict[int, list[np.ndarray]] = {}
+    for b in batches:
+        for c, i in enumerate(b.channel_ids):
+            by_id.setdefault(int(i), []).extend(b.signal[:, c])
+    ecg = [w for i, ws in sorted(by_id.items()) if i != PPG_ID for w in ws]
+    ids = {1: [1], 2: [1, PPG_ID]}.get(channels, list(range(min(channels, 12))) + [PPG_ID] * (channels == 13))
+    rows = [[(by_id.get(i) or ecg)[k % len(by_id.get(i) or ecg)][:time] for i in ids] for k in range(batch)]
+    return np.asarray(rows, dtype=np.float32), np.asarray(ids, dtype=np.int64)

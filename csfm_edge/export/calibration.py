@@ -1,0 +1,51 @@
+"""INT8 calibration data: real recordings through the runtime's own preprocessing.
+
+A reader in ONNX Runtime's ``CalibrationDataReader`` form (``get_next()`` returns one feed, then
+None), with ``len()`` and ``rewind()``; it refuses an empty set. The set is fixed (records, windows,
+file hashes) and described for the manifest, so a calibration can be reproduced.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from onnxruntime.quantization import CalibrationDataReader
+
+from csfm_edge.datasets import LeadSetBatch, lead_set_batches
+from csfm_edge.errors import CsfmError
+from csfm_edge.runtime.manifest import sha256_of
+
+
+class RecordingCalibrationReader(CalibrationDataReader):
+    """One feed per real window (batch 1, so calibration memory stays bounded for Large at 12 leads)."""
+
+    def __init__(self, batches: list[LeadSetBatch]):
+        self.batches = batches
+        self.feeds = [{"signal": b.signal[k: k + 1], "channel_ids": b.channel_ids}
+                      for b in batches for k in range(len(b.signal))]
+        if not self.feeds:
+            raise CsfmError("calibration set is empty: no windows could be read from the calibration data")
+        self._next = 0
+
+    @classmethod
+    def from_data_dir(cls, data_dir: Path | None, windows_per_lead_set: int = 4) -> RecordingCalibrationReader:
+        return cls(lead_set_batches(data_dir, batch=windows_per_lead_set, split="calibrate"))
+
+    def get_next(self) -> dict[str, np.ndarray] | None:
+        if self._next >= len(self.feeds):
+            return None
+        self._next += 1
+        return self.feeds[self._next - 1]
+
+    def __len__(self) -> int:
+        return len(self.feeds)
+
+    def rewind(self) -> None:
+        self._next = 0
+
+    def describe(self) -> dict:
+        files = sorted({f for b in self.batches for f in b.files})
+        return {"windows": len(self.feeds),
+                "lead_sets": {b.name: {"windows": len(b.signal), "source": b.source} for b in self.batches},
+                "files_sha256": {f.name: sha256_of(f) for f in files}}

@@ -1,0 +1,64 @@
+"""FP16 and INT8 graphs made from the FP32 export with the field's tooling, precision in the graph.
+
+TensorRT 11 (and strongly typed builds on 10.x) take precision from the graph, so these decide the
+engines' accuracy:
+- FP16: ONNX Runtime's ``float16`` converter; weights and matrix products in FP16, LayerNormalization,
+  Softmax and reductions blocked to FP32 (the overflow spots of FP16 transformers); inputs and
+  outputs stay float32.
+- INT8: ONNX Runtime's ``quantize_static`` in QDQ format, symmetric int8 (zero point 0) activations
+  and per-channel weights, as TensorRT requires; only MatMul inputs are quantized, so LayerNorm,
+  Softmax and GELU stay float; calibrated on real recordings.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+import onnx
+from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quant_pre_process, quantize_static
+from onnxruntime.transformers.float16 import DEFAULT_OP_BLOCK_LIST, convert_float_to_float16
+
+from csfm_edge.errors import CsfmError
+from csfm_edge.export.calibration import RecordingCalibrationReader
+
+FP32_OPS_IN_FP16_GRAPH = ("LayerNormalization", "Softmax", "ReduceMean", "ReduceSum", "Pow", "Sqrt")
+CALIBRATION_METHODS = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
+                       "percentile": CalibrationMethod.Percentile}
+INT8_OPS = ("MatMul",)
+PERCENTILE = 99.999
+
+
+def to_fp16(fp32_path: Path, out_path: Path) -> dict:
+    """Write the FP16 graph; return how it was made, for the manifest."""
+    model = onnx.load(str(fp32_path))
+    block = sorted(set(DEFAULT_OP_BLOCK_LIST) | set(FP32_OPS_IN_FP16_GRAPH))
+    fp16 = convert_float_to_float16(model, keep_io_types=True, op_block_list=block)
+    onnx.save(fp16, str(out_path))
+    return {"tool": "onnxruntime.transformers.float16.convert_float_to_float16",
+            "kept_fp32_ops": list(FP32_OPS_IN_FP16_GRAPH), "io_types": "float32 (casts inside the graph)"}
+
+
+def to_int8(fp32_path: Path, out_path: Path, reader: RecordingCalibrationReader, method: str) -> dict:
+    """Write the QDQ INT8 graph calibrated with ``reader``; return how it was made, for the manifest."""
+    if method not in CALIBRATION_METHODS:
+        raise CsfmError(f"unknown calibration method {method!r}; choose {', '.join(CALIBRATION_METHODS)}")
+    with tempfile.TemporaryDirectory() as tmp:
+        prepared = Path(tmp) / "prepared.onnx"
+        quant_pre_process(str(fp32_path), str(prepared), skip_symbolic_shape=True)
+        # Not CalibMaxIntermediateOutputs: in onnxruntime 1.32 it discards the collected batches
+        # before computing their ranges ("No data is collected."). Calibration memory therefore grows
+        # with the set (about 2 GB per 12-lead window for Large), which is why the set is small.
+        extra = {"ActivationSymmetric": True, "WeightSymmetric": True,
+                 "QDQOpTypePerChannelSupportToAxis": {"MatMul": 1}}
+        if method == "percentile":
+            extra["CalibPercentile"] = PERCENTILE
+        reader.rewind()
+        quantize_static(str(prepared), str(out_path), reader, quant_format=QuantFormat.QDQ,
+                        op_types_to_quantize=list(INT8_OPS), per_channel=True,
+                        activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
+                        calibrate_method=CALIBRATION_METHODS[method], extra_options=extra)
+    return {"tool": "onnxruntime.quantization.quantize_static (QDQ)", "calibration_method": method,
+            "percentile": PERCENTILE if method == "percentile" else None,
+            "activations": "int8 symmetric per tensor", "weights": "int8 symmetric per channel (axis 1)",
+            "quantized_ops": list(INT8_OPS), "float_ops": ["LayerNormalization", "Softmax", "Erf (GELU)", "Add"]}

@@ -1,0 +1,122 @@
+"""Verification: run the PyTorch reference and a candidate backend on the same real inputs, compare.
+
+Running is apart from comparing (as in Polygraphy): :func:`compare` is a pure function of two output
+dicts; :func:`verify` runs both backends over the cases and checks the precision's tolerance from
+:data:`csfm_edge.export.spec.SPEC`. The figures go into the artifact's manifest.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from csfm_edge.datasets import lead_set_batches, shaped_batch
+from csfm_edge.export.spec import SPEC, Tolerance
+from csfm_edge.runtime.backends.base import Backend
+
+SHAPE_GRID = {"batch": (1, 4), "channels": (1, 2, 12, 13), "time": (2500, 1250)}
+
+
+@dataclass(frozen=True)
+class Case:
+    name: str
+    signal: np.ndarray
+    channel_ids: np.ndarray
+    real_recording: bool
+
+    def feed(self) -> dict[str, np.ndarray]:
+        return {"signal": self.signal, "channel_ids": self.channel_ids}
+
+
+@dataclass(frozen=True)
+class CaseResult:
+    case: str
+    shape: list[int]
+    max_abs: float
+    mean_cosine: float
+    min_cosine: float
+    logits_max_abs: float | None = None
+
+    def within(self, tolerance: Tolerance) -> bool:
+        finite = np.isfinite([self.max_abs, self.min_cosine]).all()
+        ok_abs = tolerance.max_abs is None or self.max_abs <= tolerance.max_abs
+        ok_cos = tolerance.min_cosine is None or self.mean_cosine >= tolerance.min_cosine
+        return bool(finite and ok_abs and ok_cos)
+
+
+@dataclass
+class Verification:
+    precision: str
+    tolerance: Tolerance
+    data: str
+    results: list[CaseResult] = field(default_factory=list)
+
+    @property
+    def passed(self) -> bool:
+        return all(r.within(self.tolerance) for r in self.results)
+
+    def failures(self) -> list[str]:
+        return [f"{r.case}: max abs {r.max_abs:.3g}, mean cosine {r.mean_cosine:.6f}"
+                for r in self.results if not r.within(self.tolerance)]
+
+    def worst(self) -> dict:
+        return {"max_abs": max(r.max_abs for r in self.results),
+                "min_mean_cosine": min(r.mean_cosine for r in self.results)}
+
+    def to_dict(self) -> dict:
+        return {"precision": self.precision, "tolerance": asdict(self.tolerance), "passed": self.passed,
+                "data": self.data, "worst": self.worst(), "cases": [asdict(r) for r in self.results]}
+
+
+def cosine_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    a, b = a.astype(np.float64), b.astype(np.float64)
+    return (a * b).sum(-1) / (np.linalg.norm(a, axis=-1) * np.linalg.norm(b, axis=-1) + 1e-30)
+
+
+def compare(name: str, shape: tuple[int, ...], reference: dict[str, np.ndarray],
+            candidate: dict[str, np.ndarray]) -> CaseResult:
+    """Features (and logits when both have them): max abs error and per-sample cosine. NaN fails."""
+    ref, got = reference["features"], candidate["features"]
+    if ref.shape != got.shape:
+        return CaseResult(name, list(shape), float("inf"), float("-inf"), float("-inf"))
+    cos = cosine_rows(ref, got)
+    logits = None
+    if "logits" in reference and "logits" in candidate:
+        logits = float(np.abs(reference["logits"] - candidate["logits"]).max())
+    return CaseResult(name, list(shape), float(np.abs(ref - got).max()), float(cos.mean()), float(cos.min()), logits)
+
+
+def verification_cases(data_dir: Path | None) -> tuple[list[Case], str]:
+    """Real lead-set batches, then the shape grid (batch x channels x time) built from real windows."""
+    batches = lead_set_batches(data_dir)
+    cases = [Case(f"real {b.name}", b.signal, b.channel_ids, True) for b in batches]
+    for batch in SHAPE_GRID["batch"]:
+        for channels in SHAPE_GRID["channels"]:
+            for time in SHAPE_GRID["time"]:
+                signal, ids = shaped_batch(batches, batch, channels, time)
+                cases.append(Case(f"B{batch} C{channels} T{time}", signal, ids, False))
+    return cases, "; ".join(b.source for b in batches)
+
+
+def run_cases(backend: Backend, cases: list[Case], label: str = "",
+              progress: Callable[[str], None] | None = None) -> list[dict[str, np.ndarray]]:
+    """Outputs of ``backend`` for every case, in order (the reference is run once, then reused)."""
+    outputs = []
+    for i, case in enumerate(cases, 1):
+        if progress:
+            progress(f"{label} [{i}/{len(cases)}] {case.name}")
+        outputs.append(backend.run(case.feed()))
+    return outputs
+
+
+def verify(reference_outputs: list[dict[str, np.ndarray]], candidate: Backend, cases: list[Case],
+           precision: str, data: str, progress: Callable[[str], None] | None = None) -> Verification:
+    """Run ``candidate`` over the cases and compare with the reference's outputs under the tolerance."""
+    result = Verification(precision, SPEC.tolerances[precision], data)
+    candidate_outputs = run_cases(candidate, cases, f"verify {precision}", progress)
+    for case, ref, got in zip(cases, reference_outputs, candidate_outputs):
+        result.results.append(compare(case.name, case.signal.shape, ref, got))
+    return result
