@@ -166,8 +166,8 @@ def export(request: ExportRequest) -> list[Path]:
     targets = _check_request(request)
     say = request.progress
     started = time.perf_counter()
-    say(f"[export] loading CSFM {request.size} "
-        + (f"from {request.checkpoint}" if request.checkpoint else f"with UNTRAINED random weights (seed {request.seed})"))
+    weights = request.checkpoint or f"UNTRAINED random weights (seed {request.seed})"
+    say(f"[export] loading CSFM {request.size} from {weights}")
     model = load_model(request.size, request.checkpoint, request.seed)
     cases, data = verification_cases(request.data_dir)
     say(f"[export] verification data: {data}")

@@ -1,0 +1,189 @@
+"""ONNX export: interface, dynamic shapes, precision structure, tolerances, manifests and bad input."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from onnx import numpy_helper
+
+from csfm_edge.errors import VerificationError
+from csfm_edge.export.onnx_export import ExportRequest, export
+from csfm_edge.export.spec import SPEC, Tolerance
+from csfm_edge.model import build
+from csfm_edge.runtime.backends.onnxruntime import OnnxRuntimeBackend
+from csfm_edge.runtime.manifest import read_manifest, sha256_of
+
+quiet = lambda msg: None  # noqa: E731
+
+
+@pytest.fixture(scope="session")
+def tiny_artifacts(tmp_path_factory, data_dir) -> dict[str, Path]:
+    out = tmp_path_factory.mktemp("tiny")
+    paths = export(ExportRequest(size="tiny", out_dir=out, seed=0, data_dir=data_dir, progress=quiet))
+    return {p.name.split(".")[1]: p for p in paths}
+
+
+def test_files_and_manifests(tiny_artifacts):
+    assert set(tiny_artifacts) == {"fp32", "fp16", "int8"}
+    for precision, path in tiny_artifacts.items():
+        manifest = read_manifest(path)
+        assert manifest["precision"] == precision and manifest["model"]["size"] == "tiny"
+        assert manifest["weights"] == {"source": "untrained", "seed": 0,
+                                       "warning": "UNTRAINED random weights: outputs are meaningless"}
+        assert manifest["file"]["sha256"] == sha256_of(path)
+        assert manifest["inputs"]["signal"]["dims"] == ["batch", "channels", "time"]
+        assert manifest["outputs"] == {"features": {"dtype": "float32", "dims": ["batch", 768]}}
+        assert manifest["preprocessing"]["sample_rate_hz"] == 250.0
+        assert {"onnx", "onnxruntime", "torch"} <= set(manifest["tools"])
+        verification = manifest["verification"]
+        assert verification["passed"] and len(verification["cases"]) == 20
+        assert {c["case"] for c in verification["cases"]} >= {"real 12lead", "real ii+ppg", "real ii", "real ppg"}
+        assert "a103l" in verification["data"]
+    assert read_manifest(tiny_artifacts["int8"])["calibration"]["windows"] > 0
+    assert read_manifest(tiny_artifacts["fp32"])["verification"]["worst"]["max_abs"] <= 1e-4
+    assert read_manifest(tiny_artifacts["fp16"])["verification"]["worst"]["min_mean_cosine"] >= 0.999
+
+
+def test_graph_interface_is_symbolic_and_checks(tiny_artifacts):
+    model = onnx.load(str(tiny_artifacts["fp32"]))
+    onnx.checker.check_model(model, full_check=True)
+    dims = {i.name: [d.dim_param or d.dim_value for d in i.type.tensor_type.shape.dim] for i in model.graph.input}
+    assert dims == {"signal": ["batch", "channels", "time"], "channel_ids": ["channels"]}
+    types = {i.name: i.type.tensor_type.elem_type for i in model.graph.input}
+    assert types == {"signal": onnx.TensorProto.FLOAT, "channel_ids": onnx.TensorProto.INT64}
+    assert [o.name for o in model.graph.output] == ["features"]
+    assert not any("text" in init.name for init in model.graph.initializer)
+
+
+@pytest.mark.parametrize("precision", ["fp32", "fp16", "int8"])
+def test_dynamic_shapes_run_and_match(tiny_artifacts, precision):
+    backend = OnnxRuntimeBackend(tiny_artifacts[precision], provider="cpu")
+    reference = build("tiny", seed=0)
+    rng = np.random.default_rng(0)
+    for batch, channels, time in [(1, 1, 25), (64, 1, 2500), (3, 13, 2500), (2, 5, 1275)]:
+        signal = rng.standard_normal((batch, channels, time)).astype(np.float32)
+        ids = rng.permutation(13)[:channels].astype(np.int64)
+        got = backend.run({"signal": signal, "channel_ids": ids})["features"]
+        with torch.inference_mode():
+            want = reference(torch.from_numpy(signal), torch.from_numpy(ids)).numpy()
+        assert got.shape == (batch, 768) and got.dtype == np.float32
+        cosine = (got * want).sum(-1) / np.linalg.norm(got, axis=-1) / np.linalg.norm(want, axis=-1)
+        assert np.isfinite(got).all()
+        if precision == "fp32":
+            assert np.abs(got - want).max() <= 1e-4
+        elif precision == "fp16":
+            assert cosine.min() >= 0.999
+        # int8's accuracy is a property of real signals (checked in the manifest's verification);
+        # Gaussian noise lies outside its calibration set, so here it only has to run.
+
+
+def _producers(model: onnx.ModelProto) -> dict[str, onnx.NodeProto]:
+    return {out: node for node in model.graph.node for out in node.output}
+
+
+def test_fp16_graph_keeps_norms_and_softmax_in_fp32(tiny_artifacts):
+    model = onnx.load(str(tiny_artifacts["fp16"]))
+    initializers = {i.name: i for i in model.graph.initializer}
+    matmul_weights = [initializers[n.input[1]] for n in model.graph.node
+                      if n.op_type == "MatMul" and n.input[1] in initializers]
+    assert matmul_weights and all(w.data_type == onnx.TensorProto.FLOAT16 for w in matmul_weights)
+    for node in model.graph.node:
+        if node.op_type in ("LayerNormalization", "Softmax"):
+            for name in node.input:
+                if name in initializers:
+                    assert initializers[name].data_type == onnx.TensorProto.FLOAT
+    counts = Counter(n.op_type for n in model.graph.node)
+    assert counts["LayerNormalization"] == 2 + 2 * 6 + 1 and counts["Softmax"] == 6 and counts["Cast"] > 0
+    assert [i.type.tensor_type.elem_type for i in model.graph.output] == [onnx.TensorProto.FLOAT]
+
+
+def test_int8_graph_is_symmetric_per_channel_qdq(tiny_artifacts):
+    model = onnx.load(str(tiny_artifacts["int8"]))
+    counts = Counter(n.op_type for n in model.graph.node)
+    assert counts["QuantizeLinear"] > 0 and counts["DequantizeLinear"] > counts["QuantizeLinear"]
+    initializers = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
+    per_channel = 0
+    for node in model.graph.node:
+        if node.op_type in ("QuantizeLinear", "DequantizeLinear"):
+            zero_point = initializers[node.input[2]]
+            assert zero_point.dtype == np.int8 and not zero_point.any()
+            per_channel += initializers[node.input[1]].size > 1
+    assert per_channel >= 6 * 4  # every weight of every block, per output channel
+    producers = _producers(model)
+    for node in model.graph.node:  # LayerNorm, Softmax and GELU's Erf see float tensors, not int8
+        if node.op_type in ("LayerNormalization", "Softmax", "Erf"):
+            assert producers.get(node.input[0]) is None or producers[node.input[0]].op_type != "DequantizeLinear"
+
+
+def test_head_is_exported_as_logits(tmp_path, data_dir):
+    model = build("tiny", seed=3)
+    head = torch.nn.Linear(768, 2)
+    state = {f"encoder.{k}": v for k, v in model.state_dict().items()}
+    state.update({"encoder.mlp_head.weight": head.weight.detach(), "encoder.mlp_head.bias": head.bias.detach()})
+    torch.save(state, tmp_path / "finetuned.pth")
+    [path] = export(ExportRequest(size="tiny", out_dir=tmp_path / "out", checkpoint=tmp_path / "finetuned.pth",
+                                  precisions=("fp32",), data_dir=data_dir, progress=quiet))
+    manifest = read_manifest(path)
+    assert manifest["outputs"]["logits"] == {"dtype": "float32", "dims": ["batch", 2]}
+    assert manifest["weights"]["source"] == "checkpoint" and manifest["weights"]["name"] == "finetuned.pth"
+    assert manifest["verification"]["cases"][0]["logits_max_abs"] <= 1e-4
+    out = OnnxRuntimeBackend(path, "cpu").run({"signal": np.ones((3, 2, 2500), np.float32),
+                                               "channel_ids": np.array([1, 12])})
+    assert out["logits"].shape == (3, 2)
+
+
+def test_missed_tolerance_writes_nothing(tmp_path, data_dir, monkeypatch):
+    monkeypatch.setitem(SPEC.tolerances, "fp16", Tolerance(max_abs=1e-7))
+    with pytest.raises(VerificationError, match=r"csfm-tiny\.fp16\.onnx misses its tolerance \(max abs <= 1e-07\)"):
+        export(ExportRequest(size="tiny", out_dir=tmp_path, precisions=("fp16",), data_dir=data_dir, progress=quiet))
+    assert list(tmp_path.iterdir()) == []
+
+
+def _cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "csfm_edge", *args], capture_output=True, text=True, cwd=cwd,
+                          timeout=600)
+
+
+def _assert_clean_error(done: subprocess.CompletedProcess, message: str) -> None:
+    assert done.returncode == 1, done.stderr
+    assert "Traceback" not in done.stderr
+    assert message in done.stderr and len(done.stderr.strip().splitlines()) <= 3
+
+
+def test_bad_export_requests(tmp_path, tiny_artifacts):
+    out = tmp_path / "out"
+    _assert_clean_error(_cli("export", "--size", "huge", "--out", str(out)), "unknown CSFM size 'huge'")
+    torch.save(build("tiny", seed=0).state_dict(), tmp_path / "tiny.pt")
+    _assert_clean_error(_cli("export", "--size", "base", "--checkpoint", str(tmp_path / "tiny.pt"), "--out",
+                             str(out)), "is a CSFM tiny checkpoint, not base")
+    (tmp_path / "notes.pth").write_text("hello")
+    _assert_clean_error(_cli("export", "--size", "tiny", "--checkpoint", str(tmp_path / "notes.pth"), "--out",
+                             str(out)), "not a readable PyTorch checkpoint")
+    _assert_clean_error(_cli("export", "--size", "tiny", "--calibration-data", str(tmp_path / "nowhere"), "--out",
+                             str(out)), "calibration data folder")
+    (tmp_path / "a-file").write_text("")  # a folder cannot be made inside a file, even by root
+    _assert_clean_error(_cli("export", "--size", "tiny", "--out", str(tmp_path / "a-file" / "sub")), "not writable")
+    existing = tiny_artifacts["fp32"].parent
+    _assert_clean_error(_cli("export", "--size", "tiny", "--precision", "fp32", "--out", str(existing)),
+                        "already exist")
+    assert not list(out.glob("*.onnx")) if out.exists() else True
+
+
+def test_verify_cli_passes_and_catches_a_changed_file(tiny_artifacts, tmp_path, data_dir):
+    done = _cli("verify", str(tiny_artifacts["int8"]), "--data", str(data_dir))
+    assert done.returncode == 0 and "PASS: csfm-tiny.int8.onnx" in done.stdout
+    copy = tmp_path / tiny_artifacts["fp16"].name
+    copy.write_bytes(tiny_artifacts["fp16"].read_bytes()[:-10] + b"0123456789")
+    manifest = json.loads(tiny_artifacts["fp16"].with_suffix(".json").read_text())
+    copy.with_suffix(".json").write_text(json.dumps(manifest))
+    _assert_clean_error(_cli("verify", str(copy)), "does not match its manifest")
+    copy.with_suffix(".json").unlink()
+    _assert_clean_error(_cli("verify", str(copy)), "has no manifest")
