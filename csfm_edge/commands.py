@@ -81,3 +81,42 @@ def verify(args: argparse.Namespace) -> int:
     verdict = "PASS" if result.passed else "FAIL"
     print(f"{verdict}: {args.artifact.name} ({result.precision}, {result.tolerance.describe()}); data: {result.data}")
     return 0 if result.passed else 2
+
+
+def _build_flags(p: argparse.ArgumentParser) -> None:
+    from csfm_edge.profiles import PRESETS
+    from csfm_edge.runtime.tensorrt_lib import TARGETS
+
+    p.add_argument("onnx", type=Path, help="an exported .onnx with its manifest")
+    p.add_argument("--profile", action="append", default=None,
+                   help=f"preset ({', '.join(PRESETS)}) or NAME:batch=MIN,OPT,MAX:channels=...:time=...; "
+                        "repeat for several (default: all presets)")
+    p.add_argument("--target", default="native", choices=TARGETS,
+                   help="native: this machine's GPU; rtx-smXX: ahead of time with TensorRT for RTX (no GPU needed)")
+    p.add_argument("--workspace", type=int, default=None, metavar="MB", help="builder workspace limit")
+    p.add_argument("--timing-cache", type=Path, default=None, help="read before and written after the build")
+    p.add_argument("--out", type=Path, default=None, help="plan path (default: beside the ONNX file)")
+    p.add_argument("--force", action="store_true", help="overwrite an existing plan")
+
+
+@command("build", "build a TensorRT engine (.plan) from an exported ONNX graph", _build_flags)
+def build(args: argparse.Namespace) -> int:
+    from csfm_edge.export.tensorrt_build import BuildRequest, build_engine
+    from csfm_edge.profiles import PRESETS, parse_profile
+
+    profiles = [parse_profile(p) for p in args.profile] if args.profile else list(PRESETS.values())
+    build_engine(BuildRequest(args.onnx, args.out, profiles, args.target, args.workspace, args.timing_cache,
+                              args.force))
+    return 0
+
+
+def _info_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("artifact", type=Path, help=".onnx or .plan with its manifest")
+
+
+@command("info", "print an artifact's manifest readably (and check the file against it)", _info_flags)
+def info(args: argparse.Namespace) -> int:
+    from csfm_edge.runtime.manifest import describe_manifest, read_manifest
+
+    print(describe_manifest(read_manifest(args.artifact)))
+    return 0

@@ -36,3 +36,17 @@ def load_record(path: Path) -> tuple[np.ndarray, float, np.ndarray]:
     with np.load(path) as record:
         keep = record["channel_ids"] >= 0
         return record["signal"][keep], float(record["fs"]), record["channel_ids"][keep]
+
+
+def quiet(message: str) -> None:
+    """Progress sink for library calls in tests."""
+
+
+@pytest.fixture(scope="session")
+def tiny_artifacts(tmp_path_factory, data_dir) -> dict[str, Path]:
+    """CSFM Tiny (untrained, seed 0) exported once in fp32, fp16 and int8, verified on the real recordings."""
+    from csfm_edge.export.onnx_export import ExportRequest, export
+
+    out = tmp_path_factory.mktemp("tiny")
+    paths = export(ExportRequest(size="tiny", out_dir=out, seed=0, data_dir=data_dir, progress=quiet))
+    return {p.name.split(".")[1]: p for p in paths}

@@ -12,6 +12,7 @@ import numpy as np
 import onnx
 import pytest
 import torch
+from conftest import quiet
 from onnx import numpy_helper
 
 from csfm_edge.errors import VerificationError
@@ -20,15 +21,6 @@ from csfm_edge.export.spec import SPEC, Tolerance
 from csfm_edge.model import build
 from csfm_edge.runtime.backends.onnxruntime import OnnxRuntimeBackend
 from csfm_edge.runtime.manifest import read_manifest, sha256_of
-
-quiet = lambda msg: None  # noqa: E731
-
-
-@pytest.fixture(scope="session")
-def tiny_artifacts(tmp_path_factory, data_dir) -> dict[str, Path]:
-    out = tmp_path_factory.mktemp("tiny")
-    paths = export(ExportRequest(size="tiny", out_dir=out, seed=0, data_dir=data_dir, progress=quiet))
-    return {p.name.split(".")[1]: p for p in paths}
 
 
 def test_files_and_manifests(tiny_artifacts):

@@ -32,11 +32,11 @@ def reverify(artifact: Path, checkpoint: Path | None, data_dir: Path | None,
     manifest = read_manifest(artifact)
     if "precision" not in manifest:
         raise ArtifactError(f"manifest of {artifact.name} names no precision")
-    cases, data = verification_cases(data_dir)
-    say = lambda msg: print(msg, file=sys.stderr, flush=True)
-    reference = run_cases(TorchBackend(reference_model(manifest, checkpoint)), cases, "reference", say)
-    backend = open_backend(artifact, manifest, provider)
+    backend = open_backend(artifact, manifest, provider)  # first: an artifact that cannot run fails fast
     try:
+        cases, data = verification_cases(data_dir)
+        say = lambda msg: print(msg, file=sys.stderr, flush=True)
+        reference = run_cases(TorchBackend(reference_model(manifest, checkpoint)), cases, "reference", say)
         return verify(reference, backend, cases, manifest["precision"], data, say)
     finally:
         backend.close()

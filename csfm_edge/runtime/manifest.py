@@ -73,3 +73,37 @@ def write_manifest(artifact: Path, manifest: dict) -> Path:
     path = manifest_path(artifact)
     write_atomically(path, (json.dumps(manifest, indent=2, sort_keys=False) + "\n").encode())
     return path
+
+
+def describe_manifest(manifest: dict) -> str:
+    """A readable summary of a manifest for ``csfm-edge info``."""
+    model, weights = manifest["model"], manifest["weights"]
+    lines = [
+        f"file        {manifest['file']['name']} ({manifest['file']['bytes'] / 1e6:.1f} MB, "
+        f"sha256 {manifest['file']['sha256'][:16]}...)",
+        f"artifact    {manifest['artifact']}, {manifest['precision']}",
+        f"model       CSFM {model['size']} (dim {model['dim']}, depth {model['depth']}, heads {model['heads']}, "
+        f"MLP {model['mlp_dim']}), head: {model['head_classes'] or 'none'}",
+        "weights     " + (f"UNTRAINED random, seed {weights['seed']}" if weights["source"] == "untrained"
+                          else f"{weights['name']} (sha256 {weights['sha256'][:16]}...)"),
+        "inputs      " + ", ".join(f"{n} {t['dtype']}{t['dims']}" for n, t in manifest["inputs"].items()),
+        "outputs     " + ", ".join(f"{n} {t['dtype']}{t['dims']}" for n, t in manifest["outputs"].items()),
+        f"preprocess  {manifest['preprocessing']['sample_rate_hz']:g} Hz, {manifest['preprocessing']['window_samples']}"
+        f" samples, PPG order {manifest['preprocessing']['ppg']['order']}",
+    ]
+    if "tensorrt" in manifest:
+        trt, gpu = manifest["tensorrt"], manifest["gpu"]
+        lines.append(f"tensorrt    {trt['library']} {trt['version']}, target {trt['target']}, "
+                     f"GPU {gpu.get('name') or '-'} (compute {gpu['compute_capability']})")
+        lines.append("profiles    " + "; ".join(
+            f"{p['name']} b{p['batch']['min']}-{p['batch']['max']} c{p['channels']['min']}-{p['channels']['max']}"
+            for p in manifest["profiles"]))
+    verification = manifest.get("verification")
+    if verification:
+        worst = verification["worst"]
+        lines.append(f"verified    {'PASS' if verification['passed'] else 'FAIL'} on {len(verification['cases'])} "
+                     f"cases: max abs {worst['max_abs']:.2e}, min mean cosine {worst['min_mean_cosine']:.6f}")
+    if manifest.get("calibration"):
+        lines.append(f"calibrated  {manifest['precision_detail']['calibration_method']} on "
+                     f"{manifest['calibration']['windows']} real windows")
+    return "\n".join(lines)

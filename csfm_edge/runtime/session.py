@@ -15,4 +15,8 @@ def open_backend(artifact: Path, manifest: dict, provider: str | None = None) ->
         from csfm_edge.runtime.backends.onnxruntime import OnnxRuntimeBackend
 
         return OnnxRuntimeBackend(artifact, provider)
+    if suffix in (".plan", ".engine"):
+        from csfm_edge.runtime.backends.tensorrt import TensorRTBackend
+
+        return TensorRTBackend(artifact, manifest)
     raise ArtifactError(f"{artifact.name}: unknown artifact type {suffix!r} (expected .onnx or .plan)")

@@ -1,0 +1,129 @@
+"""``csfm-edge build``: a serialized TensorRT engine from an exported ONNX graph, with its manifest.
+
+Strongly typed networks (precision from the FP16/INT8 graph), one optimization profile per preset,
+an optional timing cache that is read before and written after the build. ``--target rtx-smXX``
+compiles ahead of time with TensorRT for RTX, without a GPU; ``native`` builds for the GPU present.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from csfm_edge.errors import ArtifactError, BackendUnavailableError, CsfmError
+from csfm_edge.profiles import PRESETS, Profile
+from csfm_edge.runtime.manifest import read_manifest, sha256_of, write_atomically, write_manifest
+from csfm_edge.runtime.tensorrt_lib import RTX, library_for_target, load_tensorrt
+
+
+@dataclass
+class BuildRequest:
+    onnx: Path
+    out: Path | None = None
+    profiles: list[Profile] = field(default_factory=lambda: list(PRESETS.values()))
+    target: str = "native"
+    workspace_mb: int | None = None  # None: TensorRT's default (the device's memory)
+    timing_cache: Path | None = None
+    force: bool = False
+    progress: Callable[[str], None] = field(default=lambda msg: print(msg, file=sys.stderr, flush=True))
+
+    def plan_path(self) -> Path:
+        suffix = "" if self.target == "native" else f".{self.target}"
+        return self.out or self.onnx.with_name(f"{self.onnx.stem}{suffix}.plan")
+
+
+def _gpu_record(target: str) -> dict:
+    """The GPU the engine is for: the one present (native) or the RTX compute capability named."""
+    if target != "native":
+        sm = target.removeprefix("rtx-sm")
+        return {"name": None, "compute_capability": f"{sm[:-1]}.{sm[-1]}", "ahead_of_time": True}
+    from csfm_edge.runtime.cuda import cuda_api
+
+    try:
+        gpu = cuda_api().gpu()
+    except BackendUnavailableError as exc:
+        raise BackendUnavailableError(f"a native build needs this machine's GPU ({exc}); without one, build ahead "
+                                      "of time for an RTX GPU with --target rtx-smXX (TensorRT for RTX)") from None
+    return {"name": gpu.name, "compute_capability": gpu.compute_capability, "ahead_of_time": False}
+
+
+def _timing_cache_record(path: Path | None, used: bool) -> dict | None:
+    if path is None:
+        return None
+    if not used:
+        return {"path": str(path), "used": False, "note": "TensorRT for RTX has no timing cache"}
+    return {"path": str(path), "used": True, "sha256": sha256_of(path)}
+
+
+def build_engine(request: BuildRequest) -> Path:
+    """Parse, configure, build and write the plan and its manifest; return the plan's path."""
+    onnx_manifest = read_manifest(request.onnx)
+    plan = request.plan_path()
+    if plan.exists() and not request.force:
+        raise CsfmError(f"{plan} already exists: pass --force to overwrite")
+    if not request.profiles:
+        raise CsfmError("no optimization profile given")
+    trt = load_tensorrt(library_for_target(request.target))
+    gpu = _gpu_record(request.target)
+    say = request.progress
+    say(f"[build] {request.onnx.name} with {trt.library} {trt.version} for "
+        f"{gpu['name'] or 'compute capability ' + gpu['compute_capability']}, profiles "
+        + ", ".join(p.name for p in request.profiles))
+
+    logger = trt.logger(ignore=trt.ahead_of_time_noise(request.target))
+    builder = trt.module.Builder(logger)
+    network = builder.create_network(trt.network_flags())
+    parser = trt.module.OnnxParser(network, logger)
+    if not parser.parse_from_file(str(request.onnx)):
+        errors = "; ".join(str(parser.get_error(i).desc()) for i in range(parser.num_errors)) or \
+            "; ".join(logger.errors)
+        raise ArtifactError(f"TensorRT's ONNX parser rejected {request.onnx.name}: {errors}")
+
+    config = builder.create_builder_config()
+    if request.workspace_mb is not None:
+        config.set_memory_pool_limit(trt.module.MemoryPoolType.WORKSPACE, request.workspace_mb << 20)
+    trt.weakly_typed_precision_flags(config, onnx_manifest["precision"])
+    trt.set_target(config, request.target)
+    for profile in request.profiles:
+        optimization_profile = builder.create_optimization_profile()
+        for name, (low, opt, high) in profile.shapes().items():
+            optimization_profile.set_shape(name, low, opt, high)
+        config.add_optimization_profile(optimization_profile)
+    use_cache = request.timing_cache is not None and trt.library != RTX  # RTX tunes kernels at run time
+    if use_cache:
+        cache_bytes = request.timing_cache.read_bytes() if request.timing_cache.exists() else b""
+        config.set_timing_cache(config.create_timing_cache(cache_bytes), False)
+    elif request.timing_cache is not None:
+        say("[build] TensorRT for RTX has no timing cache: --timing-cache is ignored")
+
+    started = time.perf_counter()
+    serialized = builder.build_serialized_network(network, config)
+    seconds = time.perf_counter() - started
+    if serialized is None:
+        why = logger.errors[-1] if logger.errors else "see its log above"
+        hint = " (raise --workspace or narrow the profiles)" if "OutOfMemory" in why else ""
+        raise BackendUnavailableError(f"TensorRT could not build {request.onnx.name}: {why}{hint}")
+    write_atomically(plan, bytes(serialized))
+    if use_cache:
+        write_atomically(request.timing_cache, bytes(config.get_timing_cache().serialize()))
+    write_manifest(plan, {
+        "artifact": "tensorrt_plan",
+        "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "model": onnx_manifest["model"], "weights": onnx_manifest["weights"],
+        "precision": onnx_manifest["precision"],
+        "tensorrt": {"library": trt.library, "version": trt.version, "strongly_typed": bool(trt.network_flags()),
+                     "target": request.target, "workspace_mb": request.workspace_mb},
+        "gpu": gpu,
+        "profiles": [p.to_dict() for p in request.profiles],
+        "inputs": onnx_manifest["inputs"], "outputs": onnx_manifest["outputs"],
+        "channel_ids": onnx_manifest["channel_ids"], "preprocessing": onnx_manifest["preprocessing"],
+        "source_onnx": {"name": request.onnx.name, "sha256": sha256_of(request.onnx), "manifest": onnx_manifest},
+        "build_seconds": round(seconds, 2),
+        "timing_cache": _timing_cache_record(request.timing_cache, use_cache),
+    })
+    say(f"[build] wrote {plan.name} ({plan.stat().st_size / 1e6:.1f} MB) in {seconds:.1f} s")
+    return plan

@@ -1,0 +1,115 @@
+"""One thin adapter over TensorRT (10.x/11.x, Jetson and data-center) and TensorRT for RTX.
+
+Their Python APIs are nearly the same (Builder, OnnxParser, IBuilderConfig, Runtime,
+IExecutionContext); what differs is the module name, how a target GPU is chosen (RTX can build
+ahead of time for a named compute capability, without a GPU) and, on old releases, how precision
+is set. Everything else in csfm-edge talks to :class:`TensorRT`.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+from dataclasses import dataclass
+from types import ModuleType
+
+from csfm_edge.errors import BackendUnavailableError
+
+FULL, RTX = "tensorrt", "tensorrt_rtx"
+MODULES = {FULL: "tensorrt", RTX: "tensorrt_rtx_bindings"}
+# Ahead-of-time targets of TensorRT for RTX: Turing, Ampere (A100, RTX 30), Ada, Blackwell consumer.
+RTX_TARGETS = {"rtx-sm75": "SM75", "rtx-sm80": "SM80", "rtx-sm86": "SM86", "rtx-sm89": "SM89",
+               "rtx-sm120": "SM120", "rtx-sm121": "SM121"}
+TARGETS = ("native", *RTX_TARGETS)
+INSTALL_HINT = ("install one: on Jetson, JetPack's TensorRT (make the venv with --system-site-packages); on x86 "
+                "GPUs, TensorRT from NVIDIA's index (pip install --extra-index-url https://pypi.nvidia.com "
+                "tensorrt-cu12); for ahead-of-time RTX builds without a GPU, pip install 'csfm-edge[tensorrt-rtx]'")
+
+
+@dataclass(frozen=True)
+class TensorRT:
+    library: str  # "tensorrt" or "tensorrt_rtx"
+    module: ModuleType
+
+    @property
+    def version(self) -> str:
+        return str(self.module.__version__)
+
+    def logger(self, ignore: tuple[str, ...] = ()):
+        """A logger that prints warnings and keeps the errors, so a failure can say why in one line.
+
+        ``ignore``: messages expected in this use (an ahead-of-time build on a machine without a GPU
+        logs CUDA driver errors that do not stop it).
+        """
+        trt = self.module
+        ignore = ("Int64 binding", *ignore)
+
+        class CollectingLogger(trt.ILogger):
+            def __init__(self):
+                trt.ILogger.__init__(self)
+                self.errors: list[str] = []
+
+            def log(self, severity, msg):
+                if any(pattern in msg for pattern in ignore):
+                    return
+                if severity <= trt.ILogger.Severity.ERROR:
+                    self.errors.append(str(msg))
+                if severity <= trt.ILogger.Severity.WARNING:
+                    print(f"[{self_library}] {msg}", file=sys.stderr)
+
+        self_library = self.library
+        return CollectingLogger()
+
+    def ahead_of_time_noise(self, target: str) -> tuple[str, ...]:
+        """Log lines an RTX build for a named GPU prints on a machine without one."""
+        return () if target == "native" else ("cudaError 35", "CUDA driver version is insufficient",
+                                              "timing cache")
+
+    def network_flags(self) -> int:
+        """Strongly typed where the release has it (precision comes from the graph's casts and Q/DQ)."""
+        flag = getattr(self.module.NetworkDefinitionCreationFlag, "STRONGLY_TYPED", None)
+        return 0 if flag is None else 1 << int(flag)
+
+    def weakly_typed_precision_flags(self, config, precision: str) -> None:
+        """TensorRT releases without strong typing need builder flags for reduced precision."""
+        if self.network_flags():
+            return
+        names = {"fp16": ("FP16",), "int8": ("INT8", "FP16")}.get(precision, ())
+        for name in names:
+            config.set_flag(getattr(self.module.BuilderFlag, name))
+
+    def set_target(self, config, target: str) -> None:
+        """RTX targets compile for a named compute capability; native builds for the GPU present."""
+        if target == "native":
+            return
+        if self.library != RTX:
+            raise BackendUnavailableError(f"target {target} needs TensorRT for RTX; {INSTALL_HINT}")
+        config.num_compute_capabilities = 1
+        config.set_compute_capability(getattr(self.module.ComputeCapability, RTX_TARGETS[target]), 0)
+
+
+def _import(library: str) -> TensorRT | None:
+    try:
+        module = importlib.import_module(MODULES[library])
+        module.Builder  # noqa: B018  (the index's placeholder package imports but has no API)
+    except Exception:  # ImportError, or a placeholder/broken install raising at import time
+        return None
+    return TensorRT(library, module)
+
+
+def load_tensorrt(library: str | None = None) -> TensorRT:
+    """``library`` ("tensorrt" or "tensorrt_rtx"), or the full TensorRT if present, else TensorRT for RTX."""
+    for name in ([library] if library else [FULL, RTX]):
+        if name not in MODULES:
+            raise BackendUnavailableError(f"unknown TensorRT library {name!r}")
+        found = _import(name)
+        if found is not None:
+            return found
+    wanted = MODULES[library] if library else "tensorrt or tensorrt_rtx_bindings"
+    raise BackendUnavailableError(f"no TensorRT library ({wanted}) is installed: {INSTALL_HINT}")
+
+
+def library_for_target(target: str) -> str | None:
+    if target not in TARGETS:
+        raise BackendUnavailableError(f"unknown target {target!r}; choose from {', '.join(TARGETS)}")
+    return RTX if target in RTX_TARGETS else None

@@ -1,0 +1,186 @@
+"""TensorRT: every exported graph through the real ONNX parser and builder (TensorRT for RTX, ahead of
+time, no GPU needed), profiles, manifests, compatibility checks and clear errors. Execution needs a GPU."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from conftest import quiet
+
+from csfm_edge.errors import ArtifactError, BackendUnavailableError, CsfmError
+from csfm_edge.export.tensorrt_build import BuildRequest, build_engine
+from csfm_edge.profiles import PRESETS, Profile, parse_profile, select_profile
+from csfm_edge.runtime.backends.tensorrt import check_engine_fits, plan_buffers
+from csfm_edge.runtime.cuda import GpuInfo
+from csfm_edge.runtime.manifest import read_manifest, write_manifest
+from csfm_edge.runtime.tensorrt_lib import load_tensorrt
+
+
+def rtx_available() -> bool:
+    try:
+        load_tensorrt("tensorrt_rtx")
+    except BackendUnavailableError:
+        return False
+    return True
+
+
+needs_rtx = pytest.mark.skipif(not rtx_available(), reason="TensorRT for RTX is not installed (x86-64 Linux/Windows "
+                                                           "only): pip install 'csfm-edge[tensorrt-rtx]'")
+
+
+def gpu_present() -> bool:
+    try:
+        from csfm_edge.runtime.cuda import cuda_api
+
+        cuda_api().gpu()
+    except BackendUnavailableError:
+        return False
+    return True
+
+
+@needs_rtx
+@pytest.mark.parametrize("precision", ["fp32", "fp16", "int8"])
+@pytest.mark.parametrize("preset", list(PRESETS))
+def test_every_graph_builds_with_every_preset(tiny_artifacts, tmp_path, precision, preset):
+    plan = build_engine(BuildRequest(tiny_artifacts[precision], tmp_path / f"{precision}.{preset}.plan",
+                                     [PRESETS[preset]], target="rtx-sm86", progress=quiet))
+    manifest = read_manifest(plan)
+    assert plan.stat().st_size > 1_000_000
+    assert manifest["artifact"] == "tensorrt_plan" and manifest["precision"] == precision
+    assert manifest["tensorrt"]["library"] == "tensorrt_rtx" and manifest["tensorrt"]["strongly_typed"]
+    assert manifest["gpu"] == {"name": None, "compute_capability": "8.6", "ahead_of_time": True}
+    assert [Profile.from_dict(p) for p in manifest["profiles"]] == [PRESETS[preset]]
+    assert manifest["source_onnx"]["sha256"] == read_manifest(tiny_artifacts[precision])["file"]["sha256"]
+
+
+@needs_rtx
+def test_all_presets_in_one_engine_with_timing_cache(tiny_artifacts, tmp_path):
+    cache = tmp_path / "timing.cache"
+    plan = build_engine(BuildRequest(tiny_artifacts["int8"], tmp_path / "all.plan", target="rtx-sm89",
+                                     timing_cache=cache, progress=quiet))
+    manifest = read_manifest(plan)
+    assert [p["name"] for p in manifest["profiles"]] == list(PRESETS)
+    assert manifest["timing_cache"] == {"path": str(cache), "used": False,
+                                        "note": "TensorRT for RTX has no timing cache"}
+    with pytest.raises(CsfmError, match="already exists"):
+        build_engine(BuildRequest(tiny_artifacts["int8"], plan, target="rtx-sm89", progress=quiet))
+
+
+@needs_rtx
+def test_graph_with_zero_points_is_rejected(tiny_artifacts, tmp_path):
+    """ONNX Runtime's dynamic int8 (asymmetric, non-zero zero points) is no graph TensorRT takes."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    dynamic = tmp_path / "csfm-tiny.dynamic.onnx"
+    quantize_dynamic(str(tiny_artifacts["fp32"]), str(dynamic), weight_type=QuantType.QUInt8)
+    write_manifest(dynamic, {k: v for k, v in read_manifest(tiny_artifacts["fp32"]).items() if k != "file"})
+    with pytest.raises(ArtifactError, match="TensorRT's ONNX parser rejected csfm-tiny.dynamic.onnx"):
+        build_engine(BuildRequest(dynamic, tmp_path / "dynamic.plan", target="rtx-sm86", progress=quiet))
+
+
+def test_profile_parsing_and_selection():
+    custom = parse_profile("ecg-cart:batch=1,4,16:channels=12:time=2500")
+    assert custom.batch.max == 16 and custom.channels.opt == 12 and custom.time.min == 2500
+    assert custom.shapes()["signal"] == ((1, 12, 2500), (4, 12, 2500), (16, 12, 2500))
+    for text, message in [("huge", "unknown profile"), ("x:batch=4,2,1", "min <= opt <= max"),
+                          ("x:channels=1,2,14", "up to 13"), ("x:time=1000,2510,2510", "multiples of 25"),
+                          ("x:depth=3", "unknown"), ("x:batch=a", "integers")]:
+        with pytest.raises(CsfmError, match=message):
+            parse_profile(text)
+    profiles = list(PRESETS.values())
+    assert profiles[select_profile(profiles, 1, 2, 2500)].name == "wearable"
+    assert profiles[select_profile(profiles, 6, 3, 2500)].name == "bedside"
+    assert profiles[select_profile(profiles, 16, 12, 2500)].name == "clinic"
+    assert profiles[select_profile(profiles, 40, 12, 2500)].name == "server"
+    with pytest.raises(CsfmError, match=r"fits no profile.*rebuild"):
+        select_profile(profiles, 65, 2, 2500)
+    with pytest.raises(CsfmError, match="fits no profile"):
+        select_profile([PRESETS["clinic"]], 1, 2, 2500)
+
+
+def _plan_manifest(library: str = "tensorrt", version: str = "10.3.0", cc: str = "8.7") -> dict:
+    return {"tensorrt": {"library": library, "version": version, "target": "native"},
+            "gpu": {"name": "Orin", "compute_capability": cc}, "source_onnx": {"name": "csfm-tiny.fp16.onnx"},
+            "profiles": [PRESETS["wearable"].to_dict(), PRESETS["bedside"].to_dict()],
+            "inputs": {"signal": {"dtype": "float32", "dims": ["batch", "channels", "time"]},
+                       "channel_ids": {"dtype": "int64", "dims": ["channels"]}},
+            "outputs": {"features": {"dtype": "float32", "dims": ["batch", 768]},
+                        "logits": {"dtype": "float32", "dims": ["batch", 1]}}}
+
+
+def test_engine_compatibility_is_checked():
+    orin = GpuInfo("Orin", "8.7", 64 << 30)
+    check_engine_fits(_plan_manifest(), "tensorrt", "10.3.0", orin)
+    with pytest.raises(ArtifactError, match=r"built with tensorrt 10\.3\.0, this machine has tensorrt 10\.7\.0.*"
+                                            r"csfm-edge build csfm-tiny\.fp16\.onnx"):
+        check_engine_fits(_plan_manifest(), "tensorrt", "10.7.0", orin)
+    with pytest.raises(ArtifactError, match=r"compute capability 8\.7 \(Orin\), this GPU is NVIDIA L4 \(8\.9\)"):
+        check_engine_fits(_plan_manifest(), "tensorrt", "10.3.0", GpuInfo("NVIDIA L4", "8.9", 24 << 30))
+
+
+def test_buffers_fit_the_largest_profile_shape():
+    buffers = {b.name: b for b in plan_buffers(_plan_manifest())}
+    assert buffers["signal"].max_shape == (8, 3, 2500) and buffers["signal"].nbytes == 8 * 3 * 2500 * 4
+    assert buffers["channel_ids"].max_shape == (3,) and buffers["channel_ids"].dtype == np.int64
+    assert buffers["features"].max_shape == (8, 768) and buffers["logits"].max_shape == (8, 1)
+
+
+def _cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "csfm_edge", *args], capture_output=True, text=True, env=env,
+                          timeout=300)
+
+
+def test_build_without_tensorrt_names_what_to_install(tiny_artifacts, tmp_path):
+    shadow = tmp_path / "shadow"
+    shadow.mkdir()
+    for module in ("tensorrt", "tensorrt_rtx_bindings"):  # as if neither library were installed
+        (shadow / f"{module}.py").write_text("raise ImportError('not installed')\n")
+    env = {"PYTHONPATH": str(shadow), "PATH": "/usr/bin:/bin"}
+    done = _cli("build", str(tiny_artifacts["fp16"]), "--target", "rtx-sm86", "--out", str(tmp_path / "x.plan"),
+                env=env)
+    assert done.returncode == 1 and "Traceback" not in done.stderr
+    assert "no TensorRT library (tensorrt_rtx_bindings) is installed" in done.stderr
+    assert "pip install 'csfm-edge[tensorrt-rtx]'" in done.stderr and "JetPack" in done.stderr
+    assert not (tmp_path / "x.plan").exists()
+
+
+@pytest.mark.skipif(gpu_present(), reason="checks the message on a machine without a GPU")
+def test_native_build_and_plan_run_without_gpu_fail_clearly(tiny_artifacts, tmp_path):
+    done = _cli("build", str(tiny_artifacts["fp16"]), "--out", str(tmp_path / "n.plan"))
+    assert done.returncode == 1 and "Traceback" not in done.stderr and "--target rtx-smXX" in done.stderr
+    if rtx_available():
+        plan = build_engine(BuildRequest(tiny_artifacts["fp16"], tmp_path / "w.plan", [PRESETS["wearable"]],
+                                         target="rtx-sm86", progress=quiet))
+        done = _cli("verify", str(plan))
+        assert done.returncode == 1 and "Traceback" not in done.stderr
+        assert "cuda-python" in done.stderr or "no CUDA GPU" in done.stderr
+
+
+def test_corrupt_plan_is_refused(tiny_artifacts, tmp_path):
+    plan = tmp_path / "corrupt.plan"
+    plan.write_bytes(b"\x00" * 4096)
+    manifest = _plan_manifest()
+    manifest.update({k: v for k, v in read_manifest(tiny_artifacts["fp16"]).items()
+                     if k in ("model", "weights", "precision", "preprocessing", "channel_ids")})
+    write_manifest(plan, manifest)
+    done = _cli("verify", str(plan))
+    assert done.returncode == 1 and "Traceback" not in done.stderr
+    [line] = done.stderr.strip().splitlines()
+    assert line.startswith("csfm-edge verify: error:")
+
+
+@pytest.mark.skipif(not gpu_present(), reason="running a TensorRT engine needs an NVIDIA GPU and full TensorRT or "
+                                              "TensorRT for RTX; none here")
+@pytest.mark.parametrize("precision", ["fp32", "fp16", "int8"])
+def test_engine_matches_reference_on_gpu(tiny_artifacts, tmp_path, data_dir, precision):
+    from csfm_edge.export.reverify import reverify
+
+    plan = build_engine(BuildRequest(tiny_artifacts[precision], tmp_path / f"{precision}.plan",
+                                     [PRESETS["bedside"], PRESETS["server"]], progress=quiet))
+    result = reverify(plan, None, data_dir)
+    assert result.passed, result.failures()
+    assert json.loads(plan.with_suffix(".json").read_text())["gpu"]["ahead_of_time"] is False
