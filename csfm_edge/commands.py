@@ -7,7 +7,10 @@ import platform
 from importlib import metadata
 from pathlib import Path
 
+import numpy as np
+
 from csfm_edge.cli import command
+from csfm_edge.errors import CsfmError
 
 PACKAGES = ("csfm-edge", "numpy", "scipy", "onnxruntime", "onnx", "torch", "tensorrt", "tensorrt-rtx-cu12-bindings",
             "cuda-python", "neurokit2", "wfdb")
@@ -119,4 +122,57 @@ def info(args: argparse.Namespace) -> int:
     from csfm_edge.runtime.manifest import describe_manifest, read_manifest
 
     print(describe_manifest(read_manifest(args.artifact)))
+    return 0
+
+
+def _run_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("artifact", type=Path, help=".onnx, .plan or a checkpoint (.pt/.pth: PyTorch reference)")
+    p.add_argument("input", type=Path, help="recording: .npz (shared schema), .npy, .csv or WFDB .hea")
+    p.add_argument("--fs", type=float, default=None, help="sampling rate in Hz (where the file lacks it)")
+    p.add_argument("--leads", default="auto", help="comma-separated lead names or ids, or auto (from the file)")
+    p.add_argument("--hop", type=float, default=10.0, help="seconds between window starts (default 10)")
+    p.add_argument("--provider", default=None, help="ONNX Runtime provider: cpu, cuda, tensorrt (default: best)")
+    p.add_argument("--check", action="store_true", help="also run the PyTorch reference and print the deviation")
+    p.add_argument("--checkpoint", type=Path, help="the checkpoint behind the artifact (for --check)")
+    p.add_argument("--out", type=Path, default=None, help="write results to .npz or .json")
+
+
+@command("run", "run an artifact on a recording: per-window features/logits with times and flags", _run_flags)
+def run(args: argparse.Namespace) -> int:
+    import time
+
+    from csfm_edge.runtime.io import read_recording
+    from csfm_edge.runtime.results import compare_results, write_results
+    from csfm_edge.runtime.session import Session
+
+    if args.out is not None and args.out.suffix.lower() not in (".npz", ".json"):
+        raise CsfmError(f"--out must end in .npz or .json, not {args.out.suffix!r}")
+    leads = None if args.leads.strip().lower() == "auto" else [x.strip() for x in args.leads.split(",") if x.strip()]
+    recording = read_recording(args.input, args.fs, leads)
+    session = Session.open(args.artifact, provider=args.provider)
+    started = time.perf_counter()
+    result = session.embed(recording.signals, recording.fs, recording.leads, hop_s=args.hop)
+    took = time.perf_counter() - started
+    info = session.info()
+    print(f"{args.input.name}: leads {', '.join(recording.leads)}"
+          + (f" (dropped {', '.join(recording.dropped)}: no CSFM channel)" if recording.dropped else ""))
+    print(f"{info['backend']} ({info['provider']}), CSFM {info['size']} {info['precision']}"
+          + (", UNTRAINED weights" if info["weights"] == "untrained" else ""))
+    flagged = [(s, f) for s, f in zip(result.start_s, result.flags) if f]
+    print(f"{len(result.start_s)} windows in {took:.2f} s; {result.aggregate['clean_windows']} clean, "
+          f"{len(flagged)} flagged")
+    for start, flags in flagged[:10]:
+        print(f"  window at {start:7.1f} s: {', '.join(flags)}")
+    if result.aggregate["features"] is not None:
+        print(f"aggregate features: dim {result.aggregate['features'].shape[0]}, "
+              f"L2 norm {np.linalg.norm(result.aggregate['features']):.3f}")
+    if args.check:
+        reference = Session.open(args.artifact, reference=True, checkpoint=args.checkpoint)
+        expected = reference.embed(recording.signals, recording.fs, recording.leads, hop_s=args.hop)
+        deviation = compare_results(expected, result)
+        print(f"check vs PyTorch reference: max abs {deviation['max_abs']:.2e}, "
+              f"mean cosine {deviation['mean_cosine']:.6f}, min cosine {deviation['min_cosine']:.6f}")
+    if args.out is not None:
+        write_results(args.out, result, info)
+        print(f"wrote {args.out}")
     return 0

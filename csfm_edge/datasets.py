@@ -64,16 +64,16 @@ def _windows(path: Path, ids: tuple[int, ...], count: int, first_s: float) -> np
     """``count`` windows of the leads ``ids`` every 60 s from ``first_s`` (one for a 10-s record)."""
     signal, fs, channel_ids = read_npz_record(path)
     rows = [int(np.flatnonzero(channel_ids == i)[0]) for i in ids]
-    windows, starts, _ = sliding_windows(signal[rows], fs, list(ids), hop_s=30.0)
-    keep = [k for k, s in enumerate(starts) if s >= first_s and (s - first_s) % 60 == 0] or [0]
-    return windows[keep[:count]]
+    windows = sliding_windows(signal[rows], fs, list(ids), hop_s=30.0)
+    keep = [k for k, s in enumerate(windows.start_s) if s >= first_s and (s - first_s) % 60 == 0] or [0]
+    return windows.data[keep[:count]]
 
 
 def lead_set_batches(data_dir: Path | None, batch: int = 4, split: str = "verify") -> list[LeadSetBatch]:
     """Real windows per lead set in ``data_dir`` (vendored ECG if None); ``split`` verify or calibrate."""
     if data_dir is None or not Path(data_dir).is_dir():
         recording = sample_ecg()
-        windows, _, _ = sliding_windows(recording.signal, recording.fs, recording.leads, hop_s=4.0)
+        windows = sliding_windows(recording.signal, recording.fs, recording.leads, hop_s=4.0).data
         picked = windows[:batch] if split == "verify" else windows[::-1][:batch]
         return [LeadSetBatch("ii", picked, np.array([1]), f"{recording.source} ({split} windows)")]
     data_dir, first = Path(data_dir), FIRST_WINDOW_S[split]

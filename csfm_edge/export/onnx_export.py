@@ -10,12 +10,11 @@ from __future__ import annotations
 import datetime as dt
 import os
 import shutil
-import sys
 import tempfile
 import time
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import onnx
@@ -31,6 +30,7 @@ from csfm_edge.export.spec import PRECISIONS, SPEC, artifact_stem
 from csfm_edge.export.verify import run_cases, verification_cases, verify
 from csfm_edge.leads import LEAD_NAMES
 from csfm_edge.model import CSFM, build, load_checkpoint
+from csfm_edge.progress import console_progress
 from csfm_edge.runtime.backends.onnxruntime import OnnxRuntimeBackend
 from csfm_edge.runtime.backends.torch_ref import TorchBackend
 from csfm_edge.runtime.manifest import write_manifest
@@ -51,7 +51,7 @@ class ExportRequest:
     calibration_method: str = "minmax"
     opset: int = SPEC.opset
     force: bool = False
-    progress: Callable[[str], None] = field(default=lambda msg: print(msg, file=sys.stderr, flush=True))
+    progress: Callable[[str], None] = console_progress
 
 
 class _Outputs(torch.nn.Module):

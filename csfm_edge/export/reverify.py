@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 from csfm_edge.errors import ArtifactError, CheckpointError
 from csfm_edge.export.verify import Verification, run_cases, verification_cases, verify
 from csfm_edge.model import CSFM, build, load_checkpoint
+from csfm_edge.progress import console_progress
 from csfm_edge.runtime.backends.torch_ref import TorchBackend
 from csfm_edge.runtime.manifest import read_manifest
 from csfm_edge.runtime.session import open_backend
@@ -35,8 +35,8 @@ def reverify(artifact: Path, checkpoint: Path | None, data_dir: Path | None,
     backend = open_backend(artifact, manifest, provider)  # first: an artifact that cannot run fails fast
     try:
         cases, data = verification_cases(data_dir)
-        say = lambda msg: print(msg, file=sys.stderr, flush=True)
-        reference = run_cases(TorchBackend(reference_model(manifest, checkpoint)), cases, "reference", say)
-        return verify(reference, backend, cases, manifest["precision"], data, say)
+        reference = run_cases(TorchBackend(reference_model(manifest, checkpoint)), cases, "reference",
+                              console_progress)
+        return verify(reference, backend, cases, manifest["precision"], data, console_progress)
     finally:
         backend.close()

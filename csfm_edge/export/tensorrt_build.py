@@ -8,7 +8,6 @@ compiles ahead of time with TensorRT for RTX, without a GPU; ``native`` builds f
 from __future__ import annotations
 
 import datetime as dt
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -16,6 +15,7 @@ from pathlib import Path
 
 from csfm_edge.errors import ArtifactError, BackendUnavailableError, CsfmError
 from csfm_edge.profiles import PRESETS, Profile
+from csfm_edge.progress import console_progress
 from csfm_edge.runtime.manifest import read_manifest, sha256_of, write_atomically, write_manifest
 from csfm_edge.runtime.tensorrt_lib import RTX, library_for_target, load_tensorrt
 
@@ -29,7 +29,7 @@ class BuildRequest:
     workspace_mb: int | None = None  # None: TensorRT's default (the device's memory)
     timing_cache: Path | None = None
     force: bool = False
-    progress: Callable[[str], None] = field(default=lambda msg: print(msg, file=sys.stderr, flush=True))
+    progress: Callable[[str], None] = console_progress
 
     def plan_path(self) -> Path:
         suffix = "" if self.target == "native" else f".{self.target}"

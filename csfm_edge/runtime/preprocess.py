@@ -10,7 +10,7 @@ gaps up to ``max_gap_s`` are interpolated and reported, and every unusable input
 error from :mod:`csfm_edge.errors` that names the channel and the problem.
 
 The building blocks (:func:`validate`, :func:`fill_gaps`, :func:`to_model_rate`,
-:func:`filter_record`, :func:`window_offset`, :func:`select_window`, :func:`flat_channels`, :func:`zscore`) are public
+:func:`filter_record`, :func:`window_offset`, :func:`select_window`, :func:`flat_mask`, :func:`zscore`) are public
 because the runtime's sliding windows and streaming reuse them instead of re-implementing steps.
 """
 
@@ -58,6 +58,7 @@ class GapFill:
     channel: str
     start_s: float
     length_s: float
+    long: bool = False  # longer than the interpolation limit: the samples are placeholders, not signal
 
     def __str__(self) -> str:
         return f"{self.channel}: {self.length_s:.3f} s at {self.start_s:.3f} s"
@@ -106,8 +107,11 @@ def validate(signal: np.ndarray, fs: float, leads) -> tuple[np.ndarray, float, n
     return arr.astype(np.float64, copy=True), fs, ids, names
 
 
-def fill_gaps(x: np.ndarray, fs: float, names: Sequence[str], max_gap_s: float) -> list[GapFill]:
-    """Interpolate runs of NaN/inf no longer than ``max_gap_s`` in place; refuse longer runs."""
+def fill_gaps(x: np.ndarray, fs: float, names: Sequence[str], max_gap_s: float,
+              long_gaps: str = "raise") -> list[GapFill]:
+    """Interpolate runs of NaN/inf in place. Runs longer than ``max_gap_s`` are refused
+    (``long_gaps="raise"``) or interpolated too and returned marked ``long`` (``"flag"``), for callers
+    that score many windows and flag the ones such a gap touches."""
     fills: list[GapFill] = []
     bad_rows = np.flatnonzero(~np.isfinite(x).all(axis=1))
     for c in bad_rows:
@@ -118,14 +122,15 @@ def fill_gaps(x: np.ndarray, fs: float, names: Sequence[str], max_gap_s: float) 
         starts, ends = np.flatnonzero(edges == 1), np.flatnonzero(edges == -1)
         lengths = ends - starts
         worst = int(np.argmax(lengths))
-        if lengths[worst] / fs > max_gap_s:
+        if lengths[worst] / fs > max_gap_s and long_gaps == "raise":
             raise NonFiniteError(
                 f"NaN/inf gap of {lengths[worst] / fs:.3f} s ({lengths[worst]} samples) at "
                 f"{starts[worst] / fs:.3f} s exceeds the {max_gap_s:g} s that may be interpolated",
                 names[c])
         index = np.arange(x.shape[1])
         x[c, bad] = np.interp(index[bad], index[~bad], x[c, ~bad])
-        fills += [GapFill(names[c], float(s / fs), float(n / fs)) for s, n in zip(starts, lengths)]
+        fills += [GapFill(names[c], float(s / fs), float(n / fs), bool(n / fs > max_gap_s))
+                  for s, n in zip(starts, lengths)]
     return fills
 
 
@@ -234,9 +239,13 @@ def filter_window(x: np.ndarray, channel_ids: np.ndarray, offset: int, ppg_order
     return select_window(filter_record(x[:, lo:hi], channel_ids, ppg_order), offset - lo)
 
 
-def flat_channels(window: np.ndarray) -> np.ndarray:
-    """Indices of channels whose filtered window has (almost) no variation."""
-    return np.flatnonzero(window.std(axis=-1) <= FLAT_STD)
+def flat_mask(raw: np.ndarray, fs: float, start_s: float, filtered_window: np.ndarray) -> np.ndarray:
+    """Channels without variation in a window: constant in the recording itself (lead off, a sensor
+    stuck at a rail) or filtered to nothing (a pure drift). Judged on the raw samples because the
+    zero-phase filters smear a record's neighbouring signal into a flat stretch."""
+    first = int(round(start_s * fs))
+    last = min(raw.shape[1], first + int(round(WINDOW_SAMPLES / SAMPLE_RATE_HZ * fs)))
+    return (raw[:, first:last].std(axis=-1) <= FLAT_STD) | (filtered_window.std(axis=-1) <= FLAT_STD)
 
 
 def zscore(window: np.ndarray) -> np.ndarray:
@@ -265,11 +274,38 @@ def preprocess(
     if fills:
         warnings.warn("interpolated NaN/inf gaps: " + "; ".join(map(str, fills)), SignalWarning, stacklevel=2)
     resampled = to_model_rate(x, fs)
-    cut = filter_window(resampled, ids, window_offset(resampled.shape[-1], window), ppg_order)
-    for c in flat_channels(cut):
+    offset = window_offset(resampled.shape[-1], window)
+    cut = filter_window(resampled, ids, offset, ppg_order)
+    for c in np.flatnonzero(flat_mask(x, fs, offset / SAMPLE_RATE_HZ, cut)):
         raise FlatChannelError(
             f"flat signal (std <= {FLAT_STD:g} after filtering): lead off or disconnected?", names[c])
     return zscore(cut)
+
+
+@dataclass(frozen=True)
+class Windows:
+    """Model-ready windows of one record, with what the caller must know about each."""
+
+    data: np.ndarray  # float32 [W, C, 2500], z-scored
+    start_s: np.ndarray  # [W] start of each window in the record
+    flat: np.ndarray  # bool [W, C]: channel without variation (lead off)
+    fills: tuple[GapFill, ...]  # interpolated NaN/inf runs, in record time
+    signal_s: float  # length of the record in seconds
+
+    def flags(self, names: Sequence[str]) -> list[list[str]]:
+        """Per window: ``flat:<lead>``, ``gap:<lead>`` (long gap), ``interpolated:<lead>``, ``padded``."""
+        out = []
+        for w, start in enumerate(self.start_s):
+            end = start + WINDOW_SAMPLES / SAMPLE_RATE_HZ
+            flags = [f"flat:{names[c]}" for c in np.flatnonzero(self.flat[w])]
+            for fill in self.fills:
+                if fill.start_s < end and fill.start_s + fill.length_s > start:
+                    flag = f"{'gap' if fill.long else 'interpolated'}:{fill.channel}"
+                    flags += [flag] if flag not in flags else []
+            if self.signal_s < end - 1e-9:
+                flags.append("padded")
+            out.append(flags)
+        return out
 
 
 def sliding_windows(
@@ -280,20 +316,19 @@ def sliding_windows(
     hop_s: float = 10.0,
     ppg_order: int = DEFAULT_PPG_ORDER,
     max_gap_s: float = 0.1,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """A whole record -> z-scored windows float32 [W, C, 2500], their start times (s) and flat masks [W, C].
+    long_gaps: str = "raise",
+) -> Windows:
+    """A whole record -> z-scored windows every ``hop_s`` seconds, each with its flags.
 
-    The record is resampled and filtered once, as the authors do, then cut every ``hop_s`` seconds
-    (the last window ends at the record's end, so no tail is lost); a record shorter than 10 s gives
-    one zero-padded window. Flat channels are reported in the mask rather than raised, so a caller
-    scoring many windows can flag them.
+    The record is resampled and filtered once, as the authors do, then cut (the last window ends at
+    the record's end, so no tail is lost); a record shorter than 10 s gives one zero-padded window.
+    Flat channels are reported in ``flat`` rather than raised, so a caller scoring many windows can
+    flag them; ``long_gaps="flag"`` does the same for NaN runs beyond ``max_gap_s``.
     """
-    x, fs, ids, names = validate(signal, fs, leads)
-    fills = fill_gaps(x, fs, names, max_gap_s)
-    if fills:
-        warnings.warn("interpolated NaN/inf gaps: " + "; ".join(map(str, fills)), SignalWarning, stacklevel=2)
     if not hop_s > 0:
         raise ValueError(f"hop must be > 0 s, got {hop_s}")
+    x, fs, ids, names = validate(signal, fs, leads)
+    fills = fill_gaps(x, fs, names, max_gap_s, long_gaps)
     filtered = filter_record(to_model_rate(x, fs), ids, ppg_order)
     n = filtered.shape[-1]
     hop = max(int(round(hop_s * SAMPLE_RATE_HZ)), 1)
@@ -301,5 +336,33 @@ def sliding_windows(
     if n > WINDOW_SAMPLES and offsets[-1] != n - WINDOW_SAMPLES:
         offsets.append(n - WINDOW_SAMPLES)
     cuts = np.stack([select_window(filtered, o) for o in offsets])
-    flat = cuts.std(axis=-1) <= FLAT_STD
-    return zscore(cuts), np.asarray(offsets) / SAMPLE_RATE_HZ, flat
+    starts = np.asarray(offsets) / SAMPLE_RATE_HZ
+    flat = np.stack([flat_mask(x, fs, start, cut) for start, cut in zip(starts, cuts)])
+    return Windows(zscore(cuts), starts, flat, tuple(fills), x.shape[1] / fs)
+
+
+def align_rates(leads_signals: Sequence[np.ndarray], rates: Sequence[float], names: Sequence[str],
+                max_gap_s: float = 0.1, long_gaps: str = "raise") -> tuple[np.ndarray, list[GapFill]]:
+    """Leads recorded at different rates (bedside ECG 500 Hz, PPG 125 Hz), aligned at their start ->
+    one [C, M] record at 250 Hz and the gaps filled on the way. Each lead is Fourier-resampled on its
+    own; their durations must agree to within one sample of the slowest lead, or they are refused."""
+    if len(leads_signals) != len(rates) or len(rates) != len(names):
+        raise ShapeError(f"{len(leads_signals)} leads, {len(rates)} rates and {len(names)} lead names: one each")
+    durations = []
+    resampled = []
+    for lead, fs, name in zip(leads_signals, rates, names):
+        if np.ndim(lead) != 1:
+            raise ShapeError(f"with one rate per lead each lead is a 1-D array; {name} has shape {np.shape(lead)}")
+        row, fs, _, _ = validate(lead, fs, [name])
+        durations.append(row.shape[1] / fs)
+        resampled.append(row)
+    slowest = 1.0 / min(float(r) for r in rates)
+    if max(durations) - min(durations) > slowest + 1e-9:
+        listing = ", ".join(f"{n} {d:.3f} s" for n, d in zip(names, durations))
+        raise ShapeError(f"per-lead lengths do not match their rates ({listing}): leads must cover the same time")
+    rows, fills = [], []
+    for row, fs, name in zip(resampled, rates, names):
+        fills += fill_gaps(row, fs, [name], max_gap_s, long_gaps)
+        rows.append(to_model_rate(row, fs)[0])
+    length = min(len(r) for r in rows)
+    return np.stack([r[:length] for r in rows]), fills

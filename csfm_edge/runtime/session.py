@@ -1,11 +1,30 @@
-"""Opening artifacts: the manifest decides what an artifact is; the suffix picks the backend."""
+"""``Session``: one artifact, opened through its manifest, run on raw or preprocessed signals.
+
+The manifest decides what an artifact is and how its inputs are preprocessed (sample rate, filters,
+PPG order); the suffix picks the backend: ``.plan`` TensorRT, ``.onnx`` ONNX Runtime (best provider
+unless one is named), a checkpoint (``.pt``/``.pth``) or ``reference=True`` the PyTorch reference,
+the only path that imports torch. Backends only execute; windowing, flags and aggregation live here.
+"""
 
 from __future__ import annotations
 
+import time
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from csfm_edge.errors import ArtifactError
+import numpy as np
+
+from csfm_edge.config import PATCH_SAMPLES, SAMPLE_RATE_HZ, WINDOW_SAMPLES
+from csfm_edge.errors import ArtifactError, CsfmError, FlatChannelError, SignalWarning, WindowLengthError
+from csfm_edge.leads import lead_names, resolve_leads
 from csfm_edge.runtime.backends.base import Backend
+from csfm_edge.runtime.manifest import read_manifest
+from csfm_edge.runtime.preprocess import DEFAULT_PPG_ORDER, align_rates, preprocessing_parameters, sliding_windows
+
+CHECKPOINT_SUFFIXES = (".pt", ".pth", ".ckpt", ".bin")
+SHORT_RECORD_S = 5.0  # below this a window is mostly zero padding: warn
 
 
 def open_backend(artifact: Path, manifest: dict, provider: str | None = None) -> Backend:
@@ -20,3 +39,248 @@ def open_backend(artifact: Path, manifest: dict, provider: str | None = None) ->
 
         return TensorRTBackend(artifact, manifest)
     raise ArtifactError(f"{artifact.name}: unknown artifact type {suffix!r} (expected .onnx or .plan)")
+
+
+def reference_backend(manifest: dict, checkpoint: Path | None = None) -> Backend:
+    """The PyTorch reference for the weights a manifest names (imports torch)."""
+    from csfm_edge.export.reverify import reference_model
+    from csfm_edge.runtime.backends.torch_ref import TorchBackend
+
+    return TorchBackend(reference_model(manifest, checkpoint))
+
+
+def checkpoint_manifest(model) -> dict:
+    """What a manifest would say of a checkpoint loaded directly (reference backend)."""
+    config, report = model.config, model.load_report
+    return {"artifact": "checkpoint", "precision": "fp32",
+            "model": {"family": "CSFM", "size": config.name, "dim": config.dim, "depth": config.depth,
+                      "heads": config.heads, "mlp_dim": config.mlp_dim, "head_classes": config.head_classes},
+            "weights": {"source": "checkpoint", "name": Path(report.path).name, "sha256": report.sha256},
+            "preprocessing": preprocessing_parameters(DEFAULT_PPG_ORDER),
+            "outputs": {"features": {"dtype": "float32", "dims": ["batch", config.dim]},
+                        **({"logits": {"dtype": "float32", "dims": ["batch", config.head_classes]}}
+                           if config.head_classes else {})}}
+
+
+@dataclass
+class EmbedResult:
+    """Per-window outputs of a recording, their start times and flags, and an aggregate of clean windows."""
+
+    features: np.ndarray  # [W, dim]
+    logits: np.ndarray | None  # [W, classes]
+    start_s: np.ndarray  # [W]
+    flags: list[list[str]]  # per window; empty = clean
+    leads: list[str]
+    aggregate: dict = field(default_factory=dict)
+
+    @property
+    def clean(self) -> np.ndarray:
+        return np.array([not f for f in self.flags], dtype=bool)
+
+
+@dataclass
+class StreamResult:
+    end_s: float  # stream time of the window's last sample
+    features: np.ndarray  # [dim]
+    logits: np.ndarray | None
+    flags: list[str]
+    latency_s: float  # from the arrival of the window's last sample to this result
+    behind: bool  # latency exceeded the hop: the stream is not keeping up
+
+
+class StreamLagWarning(SignalWarning):
+    """Results arrive later than one hop after their data: the machine is not keeping up."""
+
+
+class Session:
+    """An artifact ready to run: ``run`` on model inputs, ``embed`` on raw recordings, ``stream`` live."""
+
+    def __init__(self, backend: Backend, manifest: dict):
+        self.backend = backend
+        self.manifest = manifest
+        self.model = manifest["model"]
+        self.precision = manifest["precision"]
+        self.ppg_order = int(manifest["preprocessing"]["ppg"]["order"])
+        self.has_head = "logits" in manifest["outputs"]
+        self._check_outputs()
+
+    @classmethod
+    def open(cls, artifact: str | Path, *, provider: str | None = None, reference: bool = False,
+             checkpoint: str | Path | None = None) -> Session:
+        """Open ``artifact`` (``.onnx``, ``.plan`` or a checkpoint); ``reference`` runs its PyTorch weights."""
+        artifact = Path(artifact)
+        if artifact.suffix.lower() in CHECKPOINT_SUFFIXES:
+            from csfm_edge.model import load_checkpoint
+            from csfm_edge.runtime.backends.torch_ref import TorchBackend
+
+            model = load_checkpoint(artifact)
+            return cls(TorchBackend(model), checkpoint_manifest(model))
+        manifest = read_manifest(artifact)
+        if reference:
+            return cls(reference_backend(manifest, Path(checkpoint) if checkpoint else None), manifest)
+        return cls(open_backend(artifact, manifest, provider), manifest)
+
+    def _check_outputs(self) -> None:
+        """One probe inference: the artifact's output widths must be what its manifest claims."""
+        probe = self.backend.run({"signal": np.zeros((1, 1, WINDOW_SAMPLES), np.float32),
+                                  "channel_ids": np.array([1], np.int64)})
+        for name, spec in self.manifest["outputs"].items():
+            width = spec["dims"][1]
+            if name not in probe or probe[name].shape[1:] != (width,):
+                got = probe[name].shape[1:] if name in probe else "missing"
+                raise ArtifactError(f"artifact output {name!r} is {got}, but its manifest claims CSFM "
+                                    f"{self.model['size']} with width {width}: artifact and manifest disagree")
+
+    def info(self) -> dict:
+        return {**self.backend.describe(), "precision": self.precision, "size": self.model["size"],
+                "head_classes": self.model["head_classes"], "weights": self.manifest["weights"]["source"]}
+
+    def close(self) -> None:
+        self.backend.close()
+
+    def __enter__(self) -> Session:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # --- model inputs -------------------------------------------------------------------------
+
+    def run(self, signal: np.ndarray, channel_ids) -> dict[str, np.ndarray]:
+        """Preprocessed ``signal`` float32 [B, C, T] and ``channel_ids`` [C] -> ``features`` (and ``logits``)."""
+        signal = np.asarray(signal)
+        if signal.ndim != 3:
+            raise CsfmError(f"run() takes preprocessed windows [batch, channels, time], got shape {signal.shape}")
+        ids = resolve_leads(list(np.asarray(channel_ids).tolist()) if not isinstance(channel_ids, str)
+                            else channel_ids)
+        if len(ids) != signal.shape[1]:
+            raise CsfmError(f"{signal.shape[1]} channels but {len(ids)} channel ids")
+        time_len = signal.shape[2]
+        if time_len % PATCH_SAMPLES or not PATCH_SAMPLES <= time_len <= WINDOW_SAMPLES:
+            raise WindowLengthError(f"time axis {time_len}: multiples of {PATCH_SAMPLES} up to {WINDOW_SAMPLES}")
+        if not np.isfinite(signal).all():
+            raise CsfmError("preprocessed windows contain NaN or inf")
+        return self.backend.run({"signal": np.ascontiguousarray(signal, dtype=np.float32), "channel_ids": ids})
+
+    # --- raw recordings -----------------------------------------------------------------------
+
+    def embed(self, signal: np.ndarray | Sequence[np.ndarray], fs: float | Sequence[float], leads, *,
+              hop_s: float = 10.0, batch_size: int = 16, max_gap_s: float = 0.1) -> EmbedResult:
+        """A raw recording of any length and rate -> per-window outputs with flags, plus an aggregate.
+
+        ``signal`` is [C, N] at ``fs`` Hz, or one 1-D array per lead with ``fs`` one rate per lead
+        (aligned at their start). Recordings longer than 10 s become windows every ``hop_s``;
+        shorter ones are zero-padded as the authors do (with a warning under 5 s). Windows touching a
+        flat channel or a gap are flagged and left out of the aggregate, never silently averaged in.
+        """
+        ids = resolve_leads(leads)
+        names = lead_names(ids)
+        if isinstance(fs, (list, tuple, np.ndarray)):
+            aligned, fills = align_rates(list(signal), list(fs), names, max_gap_s, long_gaps="flag")
+            windows = sliding_windows(aligned, SAMPLE_RATE_HZ, ids, hop_s=hop_s, ppg_order=self.ppg_order)
+            windows = replace(windows, fills=tuple(fills))
+        else:
+            windows = sliding_windows(signal, fs, ids, hop_s=hop_s, ppg_order=self.ppg_order, max_gap_s=max_gap_s,
+                                      long_gaps="flag")
+        never = np.flatnonzero(windows.flat.all(axis=0))
+        if never.size:  # flat in every window: nothing of that lead was recorded (as preprocess refuses)
+            raise FlatChannelError("flat for the whole recording: lead off or disconnected?", names[never[0]])
+        if windows.signal_s < SHORT_RECORD_S:
+            warnings.warn(f"record is only {windows.signal_s:.1f} s: its window is mostly zero padding",
+                          SignalWarning, stacklevel=2)
+        outputs: dict[str, list[np.ndarray]] = {}
+        for start in range(0, len(windows.data), batch_size):
+            for name, value in self.run(windows.data[start: start + batch_size], ids).items():
+                outputs.setdefault(name, []).append(value)
+        features = np.concatenate(outputs["features"])
+        logits = np.concatenate(outputs["logits"]) if "logits" in outputs else None
+        result = EmbedResult(features, logits, windows.start_s, windows.flags(names), names)
+        clean = result.clean
+        result.aggregate = {
+            "windows": len(clean), "clean_windows": int(clean.sum()),
+            "features": features[clean].mean(axis=0) if clean.any() else None,
+            "logits": logits[clean].mean(axis=0) if logits is not None and clean.any() else None,
+        }
+        return result
+
+    def stream(self, fs: float, leads, *, window_s: float = 10.0, hop_s: float = 1.0) -> Stream:
+        return Stream(self, fs, leads, window_s=window_s, hop_s=hop_s)
+
+
+class Stream:
+    """Live scoring: ``push`` chunks of any size; one result per hop once a window is full.
+
+    The last ``window_s`` seconds sit in a ring buffer (nothing older is kept or re-copied); each
+    result filters its own window as the preprocessing defines. Latency runs from the arrival of the
+    window's last sample to the result; a result later than one hop is marked ``behind`` and warned
+    about, so falling behind is never silent.
+    """
+
+    def __init__(self, session: Session, fs: float, leads, *, window_s: float = 10.0, hop_s: float = 1.0):
+        if not 0 < window_s <= WINDOW_SAMPLES / SAMPLE_RATE_HZ:
+            raise CsfmError(f"window_s must be in (0, {WINDOW_SAMPLES / SAMPLE_RATE_HZ:g}] s, got {window_s}")
+        if not 0 < hop_s:
+            raise CsfmError(f"hop_s must be > 0, got {hop_s}")
+        self.session = session
+        self.fs = float(fs)
+        self.ids = resolve_leads(leads)
+        self.window = int(round(window_s * self.fs))
+        self.hop = max(int(round(hop_s * self.fs)), 1)
+        self.hop_s = hop_s
+        self.ring = np.zeros((len(self.ids), self.window), np.float64)
+        self.total = 0  # samples pushed so far
+        self.next_emit = self.window
+        self.latencies: list[float] = []
+        self.behind_count = 0
+
+    def push(self, chunk: np.ndarray) -> list[StreamResult]:
+        """Add samples [C, n] (or [n] for one lead); return the results of every hop they complete."""
+        arrived = time.perf_counter()
+        chunk = np.asarray(chunk, dtype=np.float64)
+        if chunk.ndim == 1 and len(self.ids) == 1:
+            chunk = chunk[None, :]
+        if chunk.ndim != 2 or chunk.shape[0] != len(self.ids):
+            raise CsfmError(f"chunk must be [{len(self.ids)}, samples], got shape {chunk.shape}")
+        results = []
+        position = 0
+        while position < chunk.shape[1]:
+            take = min(chunk.shape[1] - position, self.next_emit - self.total)
+            self._write(chunk[:, position: position + take])
+            position += take
+            if self.total == self.next_emit:
+                results.append(self._emit(arrived))
+                self.next_emit += self.hop
+        return results
+
+    def _write(self, block: np.ndarray) -> None:
+        n = block.shape[1]
+        if n >= self.window:
+            self.ring[:] = block[:, -self.window:]
+        else:
+            start = self.total % self.window
+            first = min(n, self.window - start)
+            self.ring[:, start: start + first] = block[:, :first]
+            self.ring[:, : n - first] = block[:, first:]
+        self.total += n
+
+    def _emit(self, arrived: float) -> StreamResult:
+        split = self.total % self.window
+        window = np.concatenate([self.ring[:, split:], self.ring[:, :split]], axis=1)
+        result = self.session.embed(window, self.fs, self.ids, hop_s=self.window / self.fs)
+        latency = time.perf_counter() - arrived
+        behind = latency > self.hop_s
+        self.latencies.append(latency)
+        if behind:
+            self.behind_count += 1
+            warnings.warn(f"stream result {latency:.3f} s after its data, longer than the {self.hop_s:g} s hop: "
+                          "this machine is not keeping up", StreamLagWarning, stacklevel=3)
+        logits = result.logits[-1] if result.logits is not None else None
+        return StreamResult(self.total / self.fs, result.features[-1], logits, result.flags[-1], latency, behind)
+
+    def latency_summary(self) -> dict:
+        lat = np.asarray(self.latencies) if self.latencies else np.zeros(1)
+        return {"results": len(self.latencies), "p50_s": float(np.percentile(lat, 50)),
+                "p99_s": float(np.percentile(lat, 99)), "behind": self.behind_count}
+
+
+
