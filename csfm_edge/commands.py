@@ -40,7 +40,9 @@ def _export_flags(p: argparse.ArgumentParser) -> None:
     weights = p.add_mutually_exclusive_group()
     weights.add_argument("--checkpoint", type=Path, help="authors'-format checkpoint of that size")
     weights.add_argument("--seed", type=int, default=0, help="seed of the UNTRAINED random weights (default 0)")
-    p.add_argument("--precision", default="fp32,fp16,int8", help="comma-separated: fp32, fp16, int8")
+    p.add_argument("--precision", default="fp32,fp16,int8",
+                   help="comma-separated: fp32, fp16, int8 (portable, TensorRT-ready); cpu-fp32, cpu-int8 "
+                        "(ONNX Runtime CPU graphs with fused attention)")
     p.add_argument("--data", type=Path, default=None,
                    help="recordings for verification (default $CSFM_EDGE_DATA or ../shared/data, "
                         "else the ECG shipped with the package)")
@@ -175,4 +177,57 @@ def run(args: argparse.Namespace) -> int:
     if args.out is not None:
         write_results(args.out, result, info)
         print(f"wrote {args.out}")
+    return 0
+
+
+def _int_list(text: str) -> list[int]:
+    try:
+        return [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise CsfmError(f"expected comma-separated integers, got {text!r}") from None
+
+
+def _bench_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("targets", nargs="+", help="artifacts (.onnx, .plan, PATH@provider) or torch:SIZE / torch-fast:SIZE")
+    p.add_argument("--batch", default="1,8", help="comma-separated batch sizes (default 1,8)")
+    p.add_argument("--leads", default="ii+ppg,12lead", help="lead sets: ii, ppg, ii+ppg, 12lead, 12lead+ppg")
+    p.add_argument("--time", default="2500", help="window lengths in samples (multiples of 25)")
+    p.add_argument("--warmup-s", type=float, default=0.5)
+    p.add_argument("--duration-s", type=float, default=3.0)
+    p.add_argument("--provider", default=None, help="ONNX Runtime provider for .onnx targets")
+    p.add_argument("--data", type=Path, default=None, help="recordings (default as for export)")
+    p.add_argument("--json", type=Path, default=None, help="results file, rewritten after every case")
+
+
+@command("bench", "benchmark artifacts across batch sizes, lead sets and window lengths", _bench_flags)
+def bench(args: argparse.Namespace) -> int:
+    from csfm_edge.bench.runner import BenchConfig, run_bench
+    from csfm_edge.datasets import default_data_dir
+
+    lead_sets = [s.strip() for s in args.leads.split(",") if s.strip()]
+    record = run_bench(BenchConfig(args.targets, _int_list(args.batch), lead_sets, _int_list(args.time),
+                                   args.warmup_s, args.duration_s, args.data or default_data_dir(), args.provider,
+                                   args.json))
+    print(f"{'target':44} {'leads':8} {'batch':>5} {'p50 ms':>9} {'p90 ms':>9} {'win/s':>9} {'cosine':>9}")
+    for r in record["results"]:
+        cosine = r["accuracy_min_cosine_vs_fp32"]
+        print(f"{r['label'][:44]:44} {r['lead_set']:8} {r['batch']:5d} {r['latency_ms']['median_ms']:9.2f} "
+              f"{r['latency_ms']['p90_ms']:9.2f} {r['throughput']['windows_per_s']:9.1f} "
+              f"{'-' if cosine is None else f'{cosine:.5f}':>9}")
+    for s in record["skipped"]:
+        print(f"skipped {s['target']}: {s['reason']}")
+    return 0
+
+
+def _report_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("results", nargs="+", type=Path, help="bench JSON files (one per machine)")
+    p.add_argument("--out", type=Path, required=True, help="folder for report.md and the PNG plots")
+
+
+@command("bench-report", "markdown tables and PNG plots comparing bench results across machines", _report_flags)
+def bench_report(args: argparse.Namespace) -> int:
+    from csfm_edge.bench.report import build_report
+
+    for path in build_report(args.results, args.out):
+        print(f"wrote {path}")
     return 0

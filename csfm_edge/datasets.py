@@ -93,19 +93,26 @@ def lead_set_batches(data_dir: Path | None, batch: int = 4, split: str = "verify
     ]
 
 
-def shaped_batch(batches: list[LeadSetBatch], batch: int, channels: int, time: int) -> tuple[np.ndarray, np.ndarray]:
-    """Real windows arranged as [batch, channels, time] with ids 0..channels-2 plus PPG or lead II.
+def real_batch(batches: list[LeadSetBatch], ids, batch: int, time: int = WINDOW_SAMPLES) -> np.ndarray:
+    """Real windows arranged as float32 [batch, len(ids), time] for the given channel ids.
 
-    Channels come from the 12-lead and PPG batches where they exist (any real ECG window otherwise),
-    so shape checks run on real signal rather than noise.
+    Each id takes its channel from the batches that have it (any real ECG window for an ECG id no
+    batch has), so benchmarks and shape checks run on real signal rather than noise.
     """
-    if not 1 <= channels <= 13 or not 1 <= time <= WINDOW_SAMPLES:
-        raise ValueError(f"no real batch of {channels} channels x {time} samples")
+    if not 1 <= time <= WINDOW_SAMPLES:
+        raise ValueError(f"no real window of {time} samples")
     by_id: dict[int, list[np.ndarray]] = {}
     for b in batches:
         for c, i in enumerate(b.channel_ids):
             by_id.setdefault(int(i), []).extend(b.signal[:, c])
     ecg = [w for i, ws in sorted(by_id.items()) if i != PPG_ID for w in ws]
+    pools = [by_id.get(int(i)) or ecg for i in ids]
+    return np.asarray([[pool[k % len(pool)][:time] for pool in pools] for k in range(batch)], dtype=np.float32)
+
+
+def shaped_batch(batches: list[LeadSetBatch], batch: int, channels: int, time: int) -> tuple[np.ndarray, np.ndarray]:
+    """Real windows [batch, channels, time] with ids lead II, II + PPG, the first 12 leads (+ PPG for 13)."""
+    if not 1 <= channels <= 13:
+        raise ValueError(f"no real batch of {channels} channels")
     ids = {1: [1], 2: [1, PPG_ID]}.get(channels, list(range(min(channels, 12))) + [PPG_ID] * (channels == 13))
-    rows = [[(by_id.get(i) or ecg)[k % len(by_id.get(i) or ecg)][:time] for i in ids] for k in range(batch)]
-    return np.asarray(rows, dtype=np.float32), np.asarray(ids, dtype=np.int64)
+    return real_batch(batches, ids, batch, time), np.asarray(ids, dtype=np.int64)

@@ -13,8 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from csfm_edge.datasets import default_data_dir
-from csfm_edge.export.onnx_export import ExportRequest, export
+from csfm_edge.bench.artifacts import ensure_artifacts
 from csfm_edge.runtime import Session
 from csfm_edge.runtime.samples import sample_ecg
 
@@ -22,10 +21,8 @@ ARTIFACTS = Path(__file__).resolve().parents[1] / "artifacts" / "demo"
 
 
 def main() -> None:
-    onnx = ARTIFACTS / "csfm-tiny.fp32.onnx"
-    if not onnx.exists():
-        print("exporting CSFM tiny (UNTRAINED, seed 0) to ONNX and verifying it against PyTorch ...")
-        export(ExportRequest(size="tiny", out_dir=ARTIFACTS, seed=0, precisions=("fp32",), data_dir=default_data_dir()))
+    print("CSFM tiny (UNTRAINED, seed 0) as ONNX, verified against PyTorch (exported on the first run) ...")
+    onnx = ensure_artifacts("tiny", ("fp32",), ARTIFACTS)["fp32"]
     recording = sample_ecg()
     print(f"recording: {recording.source}, {recording.signal.shape[1] / recording.fs:.1f} s "
           f"at {recording.fs:g} Hz, leads {list(recording.leads)}")

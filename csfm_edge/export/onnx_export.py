@@ -25,8 +25,9 @@ from csfm_edge.commands import package_versions
 from csfm_edge.config import SIZES, CSFMConfig
 from csfm_edge.errors import CsfmError, VerificationError
 from csfm_edge.export.calibration import RecordingCalibrationReader
+from csfm_edge.export.cpu import CPU_PRECISIONS, export_cpu
 from csfm_edge.export.precision import to_fp16, to_int8
-from csfm_edge.export.spec import PRECISIONS, SPEC, artifact_stem
+from csfm_edge.export.spec import DEFAULT_PRECISIONS, PRECISIONS, SPEC, artifact_stem
 from csfm_edge.export.verify import run_cases, verification_cases, verify
 from csfm_edge.leads import LEAD_NAMES
 from csfm_edge.model import CSFM, build, load_checkpoint
@@ -45,7 +46,7 @@ class ExportRequest:
     out_dir: Path
     checkpoint: Path | None = None
     seed: int | None = 0
-    precisions: tuple[str, ...] = PRECISIONS
+    precisions: tuple[str, ...] = DEFAULT_PRECISIONS
     data_dir: Path | None = None
     calibration_data: Path | None = None
     calibration_method: str = "minmax"
@@ -54,7 +55,7 @@ class ExportRequest:
     progress: Callable[[str], None] = console_progress
 
 
-class _Outputs(torch.nn.Module):
+class Outputs(torch.nn.Module):
     """Features, plus the head's logits when the model has one: the graph's outputs."""
 
     def __init__(self, model: CSFM):
@@ -103,9 +104,14 @@ def export_fp32(model: CSFM, path: Path, opset: int = SPEC.opset) -> None:
     example = (torch.zeros(2, 2, 2500), torch.tensor([1, 12]))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation and tracer notices
-        torch.onnx.export(_Outputs(model).eval(), example, str(path), dynamo=False, opset_version=opset,
+        torch.onnx.export(Outputs(model).eval(), example, str(path), dynamo=False, opset_version=opset,
                           input_names=list(SPEC.input_names), output_names=names,
                           dynamic_axes=SPEC.dynamic_axes(config.head_classes), do_constant_folding=True)
+    finish_graph(path, config, full_check=True)
+
+
+def finish_graph(path: Path, config: CSFMConfig, full_check: bool) -> None:
+    """Name the output dims, check the size limit, the checker (with full shape inference) and the axes."""
     graph = onnx.load(str(path))
     for output in graph.graph.output:  # the tracer names the static dims after nodes; give them numbers
         dims = output.type.tensor_type.shape.dim
@@ -115,7 +121,7 @@ def export_fp32(model: CSFM, path: Path, opset: int = SPEC.opset) -> None:
     onnx.save(graph, str(path))
     if path.stat().st_size >= PROTOBUF_LIMIT:
         raise CsfmError(f"{path.name} exceeds the 2 GB protobuf limit")
-    onnx.checker.check_model(str(path), full_check=True)
+    onnx.checker.check_model(str(path), full_check=full_check)
     check_symbolic_axes(onnx.load(str(path), load_external_data=False))
 
 
@@ -187,6 +193,8 @@ def export(request: ExportRequest) -> list[Path]:
                 how = {"tool": "torch.onnx.export (TorchScript tracer)", "note": "float32 throughout"}
             elif precision == "fp16":
                 how = to_fp16(fp32, candidate)
+            elif precision in CPU_PRECISIONS:
+                how = export_cpu(model, precision, candidate, request.opset)
             else:
                 reader = RecordingCalibrationReader.from_data_dir(request.calibration_data or request.data_dir)
                 say(f"[export] calibrating INT8 ({request.calibration_method}) on {len(reader)} real windows")

@@ -11,7 +11,10 @@ from dataclasses import dataclass, field
 from csfm_edge.config import PATCH_SAMPLES, WINDOW_SAMPLES
 from csfm_edge.leads import NUM_CHANNEL_TYPES
 
-PRECISIONS = ("fp32", "fp16", "int8")
+PRECISIONS = ("fp32", "fp16", "int8", "cpu-fp32", "cpu-int8")
+# fp32/fp16/int8: portable graphs, precision in the graph, for TensorRT and any runtime.
+# cpu-*: ONNX Runtime CPU graphs with its fused attention op (see csfm_edge.export.cpu).
+DEFAULT_PRECISIONS = ("fp32", "fp16", "int8")
 
 
 @dataclass(frozen=True)
@@ -55,6 +58,8 @@ class ExportSpec:
         "fp32": Tolerance(max_abs=1e-4),
         "fp16": Tolerance(min_cosine=0.999),
         "int8": Tolerance(min_cosine=0.99),
+        "cpu-fp32": Tolerance(max_abs=1e-4),
+        "cpu-int8": Tolerance(min_cosine=0.99),
     })
 
     def inputs(self) -> dict[str, tuple[str, tuple[str, ...]]]:

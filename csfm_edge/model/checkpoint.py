@@ -16,7 +16,7 @@ import torch
 
 from csfm_edge.config import HEAD_WIDTH, CSFMConfig, matching_size, size_config
 from csfm_edge.errors import CheckpointError
-from csfm_edge.model.csfm import CSFM
+from csfm_edge.model.csfm import CSFM, AttentionCore, math_attention
 
 # Pretraining-decoder and text-branch parameters: present in real checkpoints, unused for signals.
 IGNORED_PREFIXES = (
@@ -45,15 +45,16 @@ class LoadReport:
                 f"ignored {len(self.ignored)} (decoder/text branch/other)")
 
 
-def build(size_or_config: str | CSFMConfig, seed: int | None = None, *, fused_attention: bool = False) -> CSFM:
+def build(size_or_config: str | CSFMConfig, seed: int | None = None, *,
+          attention: AttentionCore = math_attention) -> CSFM:
     """A CSFM with random weights (seeded for reproducibility): UNTRAINED, for demos and tests."""
     config = size_config(size_or_config) if isinstance(size_or_config, str) else size_or_config
     if seed is not None:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
-            model = CSFM(config, fused_attention)
+            model = CSFM(config, attention)
     else:
-        model = CSFM(config, fused_attention)
+        model = CSFM(config, attention)
     model.provenance = f"untrained, seed {seed}" if seed is not None else "untrained, unseeded"
     return model.eval()
 
@@ -120,7 +121,7 @@ def infer_config(state: dict[str, torch.Tensor]) -> CSFMConfig:
     return CSFMConfig(dim, depth, inner // HEAD_WIDTH, mlp_dim, head, matching_size(config))
 
 
-def load_checkpoint(path: str | Path, size: str | None = None, *, fused_attention: bool = False) -> CSFM:
+def load_checkpoint(path: str | Path, size: str | None = None, *, attention: AttentionCore = math_attention) -> CSFM:
     """Load an authors'-format checkpoint; ``model.load_report`` lists loaded and ignored keys.
 
     Refuses, naming the key, a checkpoint that lacks an encoder key or whose shapes fit no CSFM
@@ -137,7 +138,7 @@ def load_checkpoint(path: str | Path, size: str | None = None, *, fused_attentio
         if not wanted.same_widths(config):
             found = config.name or f"custom (dim {config.dim}, depth {config.depth}, heads {config.heads})"
             raise CheckpointError(f"{path.name} is a CSFM {found} checkpoint, not {wanted.name}")
-    model = CSFM(config, fused_attention)
+    model = CSFM(config, attention)
     expected = model.state_dict()
     for key, tensor in expected.items():
         if key not in state:

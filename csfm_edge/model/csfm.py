@@ -7,6 +7,8 @@ as an int64 tensor argument, and a time axis of any multiple of 25 up to 2500 (p
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import nn
 from torch.nn import functional as F
@@ -38,29 +40,38 @@ class Patchify(nn.Module):
         return x.reshape(x.shape[0], x.shape[1], -1, PATCH_SAMPLES)
 
 
-class Attention(nn.Module):
-    """Pre-norm multi-head self-attention; ``fused`` uses scaled_dot_product_attention (same math)."""
+# The attention core, q/k/v [B, N, heads * 64] -> [B, N, heads * 64], given the number of heads.
+AttentionCore = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, int], torch.Tensor]
 
-    def __init__(self, dim: int, heads: int, fused: bool = False):
+
+def math_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int) -> torch.Tensor:
+    """softmax(q k^T / 8) v in plain ops: the portable graph every exporter and TensorRT take."""
+    q, k, v = (t.unflatten(-1, (heads, HEAD_WIDTH)).transpose(1, 2) for t in (q, k, v))
+    scores = torch.matmul(q, k.transpose(-1, -2)) * HEAD_WIDTH**-0.5
+    return torch.matmul(scores.softmax(dim=-1), v).transpose(1, 2).flatten(2)
+
+
+def fused_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int) -> torch.Tensor:
+    """The same math through ``scaled_dot_product_attention`` (PyTorch's fused kernels)."""
+    q, k, v = (t.unflatten(-1, (heads, HEAD_WIDTH)).transpose(1, 2) for t in (q, k, v))
+    return F.scaled_dot_product_attention(q, k, v).transpose(1, 2).flatten(2)
+
+
+class Attention(nn.Module):
+    """Pre-norm multi-head self-attention; ``core`` computes softmax(q k^T / 8) v (see :data:`AttentionCore`)."""
+
+    def __init__(self, dim: int, heads: int, core: AttentionCore = math_attention):
         super().__init__()
         self.heads = heads
-        self.fused = fused
+        self.core = core
         inner = heads * HEAD_WIDTH
         self.norm = nn.LayerNorm(dim, eps=LAYERNORM_EPS)
         self.to_qkv = nn.Linear(dim, 3 * inner, bias=False)
         self.to_out = nn.Sequential(nn.Linear(inner, dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        q, k, v = (
-            t.unflatten(-1, (self.heads, HEAD_WIDTH)).transpose(1, 2)
-            for t in self.to_qkv(self.norm(x)).split(self.heads * HEAD_WIDTH, dim=-1)
-        )
-        if self.fused:
-            out = F.scaled_dot_product_attention(q, k, v)
-        else:
-            scores = torch.matmul(q, k.transpose(-1, -2)) * HEAD_WIDTH**-0.5
-            out = torch.matmul(scores.softmax(dim=-1), v)
-        return self.to_out(out.transpose(1, 2).flatten(2))
+        q, k, v = self.to_qkv(self.norm(x)).split(self.heads * HEAD_WIDTH, dim=-1)
+        return self.to_out(self.core(q, k, v, self.heads))
 
 
 class FeedForward(nn.Module):
@@ -81,10 +92,10 @@ class FeedForward(nn.Module):
 
 
 class Transformer(nn.Module):
-    def __init__(self, config: CSFMConfig, fused_attention: bool = False):
+    def __init__(self, config: CSFMConfig, core: AttentionCore = math_attention):
         super().__init__()
         self.layers = nn.ModuleList(
-            nn.ModuleList([Attention(config.dim, config.heads, fused_attention),
+            nn.ModuleList([Attention(config.dim, config.heads, core),
                            FeedForward(config.dim, config.mlp_dim)])
             for _ in range(config.depth)
         )
@@ -102,9 +113,12 @@ class CSFM(nn.Module):
 
     ``model.head`` is the classifier (``mlp_head``) when the checkpoint has one, else None.
     ``provenance`` says where the weights came from ("untrained, seed N" or the checkpoint's sha256).
+    ``attention`` is the one export switch: :func:`math_attention` (default; the portable graph),
+    :func:`fused_attention` (PyTorch's fused kernels), or another core such as the CPU export's
+    ONNX Runtime MultiHeadAttention.
     """
 
-    def __init__(self, config: CSFMConfig, fused_attention: bool = False):
+    def __init__(self, config: CSFMConfig, attention: AttentionCore = math_attention):
         super().__init__()
         self.config = config
         dim = config.dim
@@ -117,7 +131,7 @@ class CSFM(nn.Module):
             nn.Linear(PATCH_SAMPLES, dim),
             nn.LayerNorm(dim, eps=LAYERNORM_EPS),
         )
-        self.transformer = Transformer(config, fused_attention)
+        self.transformer = Transformer(config, attention)
         self.mlp_head = nn.Linear(dim, config.head_classes) if config.head_classes else None
         self.provenance = "untrained (random initialisation)"
 

@@ -28,11 +28,22 @@ SHORT_RECORD_S = 5.0  # below this a window is mostly zero padding: warn
 
 
 def open_backend(artifact: Path, manifest: dict, provider: str | None = None) -> Backend:
-    """``.onnx`` -> ONNX Runtime (best provider unless ``provider``), ``.plan`` -> TensorRT."""
+    """``.onnx`` -> ONNX Runtime or OpenVINO, ``.plan`` -> TensorRT.
+
+    For ``.onnx`` with no ``provider``: ONNX Runtime's GPU providers where present, else OpenVINO where
+    installed and the graph is a portable one (the fastest CPU path measured), else ONNX Runtime's CPU
+    provider. ``provider="openvino"`` or an ONNX Runtime provider name (cpu, cuda, tensorrt) picks one.
+    """
     suffix = artifact.suffix.lower()
     if suffix == ".onnx":
-        from csfm_edge.runtime.backends.onnxruntime import OnnxRuntimeBackend
+        from csfm_edge.runtime.backends.onnxruntime import OnnxRuntimeBackend, choose_providers
+        from csfm_edge.runtime.backends.openvino import OpenVINOBackend, openvino_available
 
+        portable = not manifest["precision"].startswith("cpu-")
+        if provider is None and choose_providers()[0] == "CPUExecutionProvider" and portable and openvino_available():
+            provider = "openvino"
+        if provider is not None and provider.lower() == "openvino":
+            return OpenVINOBackend(artifact, manifest["precision"])
         return OnnxRuntimeBackend(artifact, provider)
     if suffix in (".plan", ".engine"):
         from csfm_edge.runtime.backends.tensorrt import TensorRTBackend

@@ -1,0 +1,265 @@
+"""``csfm-edge bench``: latency, throughput, accuracy and resources for artifacts x shapes.
+
+Measured the way trtexec measures (warm-up for a while, then timed iterations; median, p90, p99).
+Every case records the machine, the accuracy of the artifact on real recordings (feature cosine vs
+the fp32 PyTorch reference) beside its speed, and is written to the JSON as soon as it finishes, so a
+later failure loses nothing. An artifact this machine cannot run is recorded as skipped, with why.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import resource
+import sys
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from csfm_edge.bench.flops import published_peak, window_flops
+from csfm_edge.bench.machine import machine_record
+from csfm_edge.bench.timing import measure
+from csfm_edge.config import SIZES, CSFMConfig
+from csfm_edge.datasets import LeadSetBatch, lead_set_batches, real_batch
+from csfm_edge.errors import CsfmError
+from csfm_edge.leads import LEAD_SETS
+from csfm_edge.progress import console_progress
+from csfm_edge.runtime.backends.base import Backend
+from csfm_edge.runtime.manifest import read_manifest, write_atomically
+from csfm_edge.runtime.preprocess import preprocess
+
+TORCH_TARGETS = {"torch": "PyTorch eager fp32 (the authors' way)",
+                 "torch-fast": "PyTorch fused attention + bf16 autocast"}
+
+
+@dataclass
+class Target:
+    """One thing to benchmark: an artifact file, or a plain-PyTorch baseline (``torch:SIZE``)."""
+
+    spec: str
+    label: str
+    size: str
+    precision: str
+    weights: dict
+    open: Callable[[], Backend]
+
+
+def resolve_target(spec: str, provider: str | None = None) -> Target:
+    """``PATH.onnx``/``PATH.plan`` (optionally ``@provider``), or ``torch:SIZE`` / ``torch-fast:SIZE``."""
+    kind, _, rest = spec.partition(":")
+    if kind in TORCH_TARGETS and rest:
+        size = rest.lower()
+        if size not in SIZES:
+            raise CsfmError(f"{spec}: unknown size {rest!r}")
+
+        def open_torch() -> Backend:
+            from csfm_edge.model import build, fused_attention, math_attention
+            from csfm_edge.runtime.backends.torch_ref import TorchBackend
+
+            fast = kind == "torch-fast"
+            model = build(size, seed=0, attention=fused_attention if fast else math_attention)
+            return TorchBackend(model, bf16_autocast=fast)
+
+        precision = "bf16" if kind == "torch-fast" else "fp32"
+        return Target(spec, TORCH_TARGETS[kind], size, precision, {"source": "untrained", "seed": 0}, open_torch)
+    path_text, _, chosen = spec.partition("@")
+    path = Path(path_text)
+    manifest = read_manifest(path)
+
+    def open_artifact() -> Backend:
+        from csfm_edge.runtime.session import open_backend
+
+        return open_backend(path, manifest, chosen or provider)
+
+    label = f"{path.name}" + (f" @{chosen or provider}" if (chosen or provider) else "")
+    return Target(spec, label, manifest["model"]["size"], manifest["precision"], manifest["weights"], open_artifact)
+
+
+class PowerSampler:
+    """Average GPU board power while a case runs (NVML); None where the device does not report it."""
+
+    def __init__(self, interval_s: float = 0.05):
+        self.interval_s = interval_s
+        self.samples: list[float] = []
+        try:
+            import pynvml
+
+            pynvml.nvmlInit()
+            self._handle = pynvml.nvmlDeviceGetHandleByIndex(0)
+            self._read = lambda: pynvml.nvmlDeviceGetPowerUsage(self._handle) / 1000.0
+        except Exception:  # no pynvml, no driver, no GPU: power is simply not reported
+            self._read = None
+
+    def __enter__(self) -> PowerSampler:
+        self._stop = threading.Event()
+        if self._read is not None:
+            self._thread = threading.Thread(target=self._loop, daemon=True)
+            self._thread.start()
+        return self
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            self.samples.append(self._read())
+            time.sleep(self.interval_s)
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        if self._read is not None:
+            self._thread.join()
+
+    @property
+    def average_w(self) -> float | None:
+        return float(np.mean(self.samples)) if self.samples else None
+
+
+@dataclass
+class BenchConfig:
+    targets: list[str]
+    batches: list[int] = field(default_factory=lambda: [1, 8])
+    lead_sets: list[str] = field(default_factory=lambda: ["ii+ppg", "12lead"])
+    times: list[int] = field(default_factory=lambda: [2500])
+    warmup_s: float = 0.5
+    duration_s: float = 3.0
+    data_dir: Path | None = None
+    provider: str | None = None
+    json_out: Path | None = None
+    progress: Callable[[str], None] = console_progress
+
+
+def _raw_windows(data_dir: Path | None, ids: np.ndarray) -> tuple[np.ndarray, float]:
+    """A raw 10-s record with these leads (for timing preprocessing): shared data, else the sample ECG."""
+    from csfm_edge.datasets import read_npz_record
+    from csfm_edge.runtime.samples import sample_ecg
+
+    if data_dir is not None:
+        for name in ("E07500", "a103l"):
+            signal, fs, file_ids = read_npz_record(Path(data_dir) / f"{name}.npz")
+            if all(i in file_ids for i in ids):
+                rows = [int(np.flatnonzero(file_ids == i)[0]) for i in ids]
+                return signal[rows, : int(10 * fs)], fs
+    recording = sample_ecg()
+    return np.repeat(recording.signal[:, : int(10 * recording.fs)], len(ids), axis=0), recording.fs
+
+
+class BenchRun:
+    """A sweep in progress: cases run one by one and the JSON is rewritten after each."""
+
+    def __init__(self, config: BenchConfig):
+        self.config = config
+        self.say = config.progress
+        self.say("[bench] recording the machine (and the CPU's matrix-product peak)")
+        self.record = {"machine": machine_record(), "started": dt.datetime.now(dt.timezone.utc).isoformat(),
+                       "command": sys.argv, "settings": {"warmup_s": config.warmup_s,
+                                                         "duration_s": config.duration_s},
+                       "results": [], "skipped": []}
+        self.batches: list[LeadSetBatch] = lead_set_batches(config.data_dir, batch=4)
+        self.record["data"] = "; ".join(b.source for b in self.batches)
+        self._reference_cache: dict[tuple, np.ndarray] = {}
+
+    def save(self) -> None:
+        if self.config.json_out is not None:
+            write_atomically(self.config.json_out, (json.dumps(self.record, indent=1, default=float) + "\n").encode())
+
+    def _reference(self, target: Target, lead_set: str) -> np.ndarray:
+        """fp32 PyTorch features of the real windows for this lead set, for the target's weights."""
+        key = (target.size, json.dumps(target.weights, sort_keys=True), lead_set)
+        if key not in self._reference_cache:
+            from csfm_edge.export.reverify import reference_model
+            from csfm_edge.runtime.backends.torch_ref import TorchBackend
+
+            model = reference_model({"weights": target.weights, "model": {"size": target.size}}, None)
+            ids = np.asarray(LEAD_SETS[lead_set], dtype=np.int64)
+            feed = {"signal": real_batch(self.batches, ids, 4), "channel_ids": ids}
+            self._reference_cache[key] = TorchBackend(model).run(feed)["features"]
+        return self._reference_cache[key]
+
+    def _accuracy(self, target: Target, backend: Backend, lead_set: str) -> float | None:
+        if target.weights.get("source") == "checkpoint":
+            return None  # the checkpoint file is not named in a bench run; accuracy lives in the manifest
+        ids = np.asarray(LEAD_SETS[lead_set], dtype=np.int64)
+        got = backend.run({"signal": real_batch(self.batches, ids, 4), "channel_ids": ids})["features"]
+        ref = self._reference(target, lead_set)
+        cos = (got * ref).sum(-1) / (np.linalg.norm(got, axis=-1) * np.linalg.norm(ref, axis=-1))
+        return float(cos.min())
+
+    def run(self) -> dict:
+        config = self.config
+        shapes = [(b, s, t) for s in config.lead_sets for b in config.batches for t in config.times]
+        total = len(config.targets) * len(shapes)
+        done = 0
+        for spec in config.targets:
+            try:
+                target = resolve_target(spec, config.provider)
+                backend = target.open()
+            except CsfmError as exc:
+                self.record["skipped"].append({"target": spec, "reason": str(exc)})
+                self.say(f"[bench] skipping {spec}: {exc}")
+                done += len(shapes)
+                self.save()
+                continue
+            try:
+                for batch, lead_set, time_len in shapes:
+                    done += 1
+                    self.say(f"[bench] [{done}/{total}] {target.label}: {lead_set} batch {batch} time {time_len}")
+                    self.record["results"].append(self._case(target, backend, batch, lead_set, time_len))
+                    self.save()
+            except CsfmError as exc:
+                self.record["skipped"].append({"target": spec, "reason": str(exc)})
+                self.say(f"[bench] {spec} stopped: {exc}")
+            finally:
+                backend.close()
+            self.save()
+        return self.record
+
+    def _case(self, target: Target, backend: Backend, batch: int, lead_set: str, time_len: int) -> dict:
+        config = self.config
+        if lead_set not in LEAD_SETS:
+            raise CsfmError(f"unknown lead set {lead_set!r}; choose from {', '.join(LEAD_SETS)}")
+        ids = np.asarray(LEAD_SETS[lead_set], dtype=np.int64)
+        feed = {"signal": real_batch(self.batches, ids, batch, time_len), "channel_ids": ids}
+        with PowerSampler() as power:
+            latency = measure(lambda: backend.run(feed), warmup_s=config.warmup_s, duration_s=config.duration_s)
+        raw, fs = _raw_windows(config.data_dir, ids)
+        pre = measure(lambda: preprocess(raw, fs, ids), warmup_s=0.1, duration_s=min(config.duration_s, 1.0))
+        per_batch_pre_ms = pre.median_ms * batch
+        windows_per_s = batch / (latency.median_ms / 1000)
+        model: CSFMConfig = SIZES[target.size]
+        flops = window_flops(model, len(ids), time_len)
+        machine = self.record["machine"]
+        gpu_name = (machine.get("gpu") or {}).get("name")
+        on_gpu = target.spec.endswith((".plan", "@cuda", "@tensorrt")) or "tensorrt" in backend.describe()["backend"]
+        if on_gpu:
+            peak, peak_source = published_peak(gpu_name, "fp16" if target.precision == "bf16" else target.precision), \
+                "published (datasheet, dense)"
+        else:  # the CPU's measured peak is a float32 one: only fp32 targets are compared with it
+            peak, peak_source = (machine["cpu_peak_gflops_fp32"] / 1000, "measured CPU fp32 matmul") \
+                if target.precision in ("fp32", "cpu-fp32") else (None, "no measured peak at this precision")
+        achieved = flops * windows_per_s / 1e12
+        rss_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        energy = None if power.average_w is None else power.average_w * latency.median_ms / batch  # mJ
+        return {
+            "target": target.spec, "label": target.label, "backend": backend.describe(), "size": target.size,
+            "precision": target.precision, "lead_set": lead_set, "channels": len(ids), "batch": batch,
+            "time": time_len, "latency_ms": latency.to_dict(),
+            "throughput": {"windows_per_s": windows_per_s,
+                           "signal_seconds_per_s": windows_per_s * time_len / 250.0,
+                           "samples_per_s": windows_per_s * time_len * len(ids)},
+            "preprocess_ms_per_window": pre.median_ms,
+            "end_to_end_ms": per_batch_pre_ms + latency.median_ms,
+            "preprocess_share": per_batch_pre_ms / (per_batch_pre_ms + latency.median_ms),
+            "accuracy_min_cosine_vs_fp32": self._accuracy(target, backend, lead_set),
+            "flops_per_window": flops, "achieved_tflops": achieved,
+            "peak_tflops": peak, "peak_source": peak_source,
+            "fraction_of_peak": achieved / peak if peak else None,
+            "peak_host_memory_mib": rss_mib, "avg_power_w": power.average_w, "energy_mj_per_window": energy,
+        }
+
+
+def run_bench(config: BenchConfig) -> dict:
+    run = BenchRun(config)
+    run.save()
+    return run.run()

@@ -1,0 +1,79 @@
+"""Benchmark library: FLOP formula, sweep JSON written case by case, skips, and the report."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from conftest import quiet
+from torch.utils.flop_counter import FlopCounterMode
+
+from csfm_edge.bench.flops import published_peak, window_flops
+from csfm_edge.bench.report import build_report
+from csfm_edge.bench.runner import BenchConfig, run_bench
+from csfm_edge.bench.timing import measure
+from csfm_edge.config import SIZES
+from csfm_edge.model import build
+
+
+@pytest.mark.parametrize(("size", "channels", "time"), [("tiny", 2, 2500), ("tiny", 12, 1250), ("base", 1, 2500)])
+def test_flop_formula_matches_pytorch_counter(size, channels, time):
+    model = build(size, seed=0)
+    with FlopCounterMode(display=False) as counter, torch.inference_mode():
+        model(torch.zeros(1, channels, time), torch.arange(channels))
+    assert window_flops(SIZES[size], channels, time) == counter.get_total_flops()
+
+
+def test_published_peaks_lookup():
+    assert published_peak("NVIDIA H100 80GB HBM3", "fp16") == 989.0  # how nvidia-smi names the SXM part
+    assert published_peak("NVIDIA H100 PCIe", "int8") == 1513.0
+    assert published_peak("NVIDIA L4", "fp16") == 121.0 and published_peak("NVIDIA L40S", "fp16") == 362.0
+    assert published_peak("NVIDIA RTX A6000", "fp16") is None
+    assert published_peak("NVIDIA Jetson AGX Orin 64GB", "int8") == 85.0
+    assert published_peak(None, "fp16") is None
+
+
+def test_measure_reports_percentiles():
+    latency = measure(lambda: sum(range(1000)), warmup_s=0.01, duration_s=0.05, min_iterations=20)
+    assert latency.iterations >= 20 and latency.min_ms <= latency.median_ms <= latency.p90_ms <= latency.p99_ms
+
+
+def test_sweep_writes_json_per_case_and_skips_what_cannot_run(tiny_artifacts, data_dir, tmp_path):
+    out = tmp_path / "cpu.json"
+    broken = tmp_path / "csfm-tiny.fp32.onnx"  # no manifest beside it: must be skipped, not crash the sweep
+    broken.write_bytes(b"not a graph")
+    record = run_bench(BenchConfig([str(tiny_artifacts["int8"]) + "@cpu", str(broken), "torch:tiny"], batches=[1, 2],
+                                   lead_sets=["ii+ppg"], warmup_s=0.0, duration_s=0.2, data_dir=data_dir, json_out=out,
+                                   progress=quiet))
+    saved = json.loads(out.read_text())
+    assert saved["results"] == json.loads(json.dumps(record["results"], default=float))
+    assert len(saved["results"]) == 4 and saved["skipped"][0]["target"] == str(broken)
+    assert "has no manifest" in saved["skipped"][0]["reason"]
+    machine = saved["machine"]
+    assert machine["cores"] >= 1 and machine["cpu_peak_gflops_fp32"] > 0 and "onnxruntime" in machine["packages"]
+    first = saved["results"][0]
+    assert first["precision"] == "int8" and first["backend"]["provider"] == "CPUExecutionProvider"
+    assert first["accuracy_min_cosine_vs_fp32"] >= 0.99
+    assert first["flops_per_window"] == window_flops(SIZES["tiny"], 2, 2500)
+    assert 0 < first["preprocess_share"] < 1 and first["throughput"]["windows_per_s"] > 0
+    torch_row = saved["results"][-1]
+    assert torch_row["accuracy_min_cosine_vs_fp32"] == pytest.approx(1.0, abs=1e-6)
+    assert torch_row["fraction_of_peak"] is not None and first["fraction_of_peak"] is None
+
+    report_dir = tmp_path / "report"
+    written = build_report([out, out], report_dir)
+    markdown = (report_dir / "report.md").read_text()
+    assert "## CSFM tiny" in markdown and "csfm-tiny.int8.onnx @cpu" in markdown
+    pngs = [p for p in written if p.suffix == ".png"]
+    assert len(pngs) == 3 and all(p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and p.stat().st_size > 5000 for p in pngs)
+
+
+def test_report_refuses_files_that_are_not_results(tmp_path):
+    from csfm_edge.errors import CsfmError
+
+    (tmp_path / "x.json").write_text(json.dumps({"hello": 1}))
+    with pytest.raises(CsfmError, match="not a csfm-edge bench JSON"):
+        build_report([tmp_path / "x.json"], tmp_path / "out")
+    assert not np.any([p.suffix == ".png" for p in tmp_path.glob("out/*")])
