@@ -49,7 +49,8 @@ class Target:
 
 
 def resolve_target(spec: str, provider: str | None = None) -> Target:
-    """``PATH.onnx``/``PATH.plan`` (optionally ``@provider``), or ``torch:SIZE`` / ``torch-fast:SIZE``."""
+    """``PATH.onnx``/``PATH.plan`` (optionally ``@provider``: cpu, cuda, tensorrt, openvino; ``.plan@cuda-graph``
+    for CUDA-graph replay), or ``torch:SIZE`` / ``torch-fast:SIZE``."""
     kind, _, rest = spec.partition(":")
     if kind in TORCH_TARGETS and rest:
         size = rest.lower()
@@ -71,6 +72,10 @@ def resolve_target(spec: str, provider: str | None = None) -> Target:
     manifest = read_manifest(path)
 
     def open_artifact() -> Backend:
+        if chosen == "cuda-graph":  # a TensorRT engine replayed from a captured CUDA graph
+            from csfm_edge.runtime.backends.tensorrt import TensorRTBackend
+
+            return TensorRTBackend(path, manifest, use_cuda_graph=True)
         from csfm_edge.runtime.session import open_backend
 
         return open_backend(path, manifest, chosen or provider)
@@ -223,6 +228,9 @@ class BenchRun:
         feed = {"signal": real_batch(self.batches, ids, batch, time_len), "channel_ids": ids}
         with PowerSampler() as power:
             latency = measure(lambda: backend.run(feed), warmup_s=config.warmup_s, duration_s=config.duration_s)
+        device_only = None
+        if hasattr(backend, "execute_only"):  # TensorRT: GPU time without the host<->device copies
+            device_only = measure(backend.execute_only, warmup_s=config.warmup_s, duration_s=config.duration_s)
         raw, fs = _raw_windows(config.data_dir, ids)
         pre = measure(lambda: preprocess(raw, fs, ids), warmup_s=0.1, duration_s=min(config.duration_s, 1.0))
         per_batch_pre_ms = pre.median_ms * batch
@@ -245,6 +253,7 @@ class BenchRun:
             "target": target.spec, "label": target.label, "backend": backend.describe(), "size": target.size,
             "precision": target.precision, "lead_set": lead_set, "channels": len(ids), "batch": batch,
             "time": time_len, "latency_ms": latency.to_dict(),
+            "device_only_latency_ms": None if device_only is None else device_only.to_dict(),
             "throughput": {"windows_per_s": windows_per_s,
                            "signal_seconds_per_s": windows_per_s * time_len / 250.0,
                            "samples_per_s": windows_per_s * time_len * len(ids)},
