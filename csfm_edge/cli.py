@@ -14,6 +14,10 @@ from collections.abc import Callable
 from csfm_edge import __version__
 from csfm_edge.errors import CsfmError
 
+# Optional dependencies and the extra that brings each.
+EXTRAS = {"torch": "export", "onnx": "export", "onnxscript": "export", "matplotlib": "plot", "wfdb": "wfdb",
+          "openvino": "openvino", "neurokit2": "dev", "cuda": "tensorrt"}
+
 COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int]]] = {}
 
 
@@ -46,6 +50,14 @@ def main(argv: list[str] | None = None) -> int:
         return int(args.run(args) or 0)
     except CsfmError as exc:
         print(f"csfm-edge {args.command}: error: {exc}", file=sys.stderr)
+        return 1
+    except ModuleNotFoundError as exc:  # an optional extra that is not installed
+        module = (exc.name or "").split(".")[0]
+        extra = EXTRAS.get(module)
+        if extra is None:
+            raise
+        print(f"csfm-edge {args.command}: error: needs {module!r}, which is not installed: "
+              f"pip install 'csfm-edge[{extra}]'", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print(f"csfm-edge {args.command}: interrupted", file=sys.stderr)

@@ -44,3 +44,25 @@ def test_vendored_sample_is_a_real_ecg():
     peaks = np.flatnonzero((mv[1:-1] > mv[:-2]) & (mv[1:-1] >= mv[2:]) & (mv[1:-1] > mv.mean() + 3 * mv.std()))
     beats = np.flatnonzero(np.diff(peaks) > 250).size + 1
     assert 40 <= beats / (mv.size / 1000) * 60 <= 150
+
+
+def test_without_the_export_extra(tmp_path, tiny_artifacts, data_dir):
+    """As in an install of the base package only: torch and onnx absent."""
+    shadow = tmp_path / "shadow"
+    shadow.mkdir()
+    for module in ("torch", "onnx"):
+        missing = f'raise ModuleNotFoundError("No module named {module}", name="{module}")\n'
+        (shadow / f"{module}.py").write_text(missing)
+    env = {"PYTHONPATH": str(shadow), "PATH": "/usr/bin:/bin"}
+
+    def cli(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "csfm_edge", *args], capture_output=True, text=True, env=env,
+                              timeout=300)
+
+    assert cli("--help").returncode == 0
+    done = cli("export", "--size", "tiny", "--out", str(tmp_path / "out"))
+    assert done.returncode == 1 and "Traceback" not in done.stderr
+    assert "pip install 'csfm-edge[export]'" in done.stderr
+    done = cli("run", str(tiny_artifacts["int8"]), str(data_dir / "a103l.npz"), "--provider", "cpu", "--hop", "60")
+    assert done.returncode == 0, done.stderr
+    assert "7 windows" in done.stdout  # 0, 60, ..., 300 s and the last one ending at 330 s
