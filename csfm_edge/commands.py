@@ -231,3 +231,50 @@ def bench_report(args: argparse.Namespace) -> int:
     for path in build_report(args.results, args.out):
         print(f"wrote {path}")
     return 0
+
+
+def _triton_repo_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("artifacts", nargs="+", type=Path, help="exported .onnx files (with manifests)")
+    p.add_argument("--out", type=Path, required=True, help="model repository folder")
+    p.add_argument("--leads", default="ii+ppg,12lead", help="lead sets, one model each (ii, ppg, ii+ppg, 12lead, ...)")
+    p.add_argument("--platform", default="onnxruntime_onnx", choices=("onnxruntime_onnx", "tensorrt_plan"))
+    p.add_argument("--max-batch", type=int, default=64)
+    p.add_argument("--max-queue-delay-us", type=int, default=1000)
+    p.add_argument("--instances", type=int, default=1)
+    p.add_argument("--kind", default="KIND_GPU", choices=("KIND_GPU", "KIND_CPU"), help="instance group kind")
+    p.add_argument("--preprocess", action="store_true",
+                   help="add a preprocessing ensemble per model (raw signal at any rate in; Python backend)")
+    p.add_argument("--force", action="store_true", help="write into a non-empty folder")
+
+
+@command("triton-repo", "write a Triton Inference Server model repository (one model per lead set)",
+         _triton_repo_flags)
+def triton_repo(args: argparse.Namespace) -> int:
+    from csfm_edge.serving.triton_repo import TritonRepoRequest, write_repository
+
+    lead_sets = [s.strip() for s in args.leads.split(",") if s.strip()]
+    configs = write_repository(TritonRepoRequest(args.artifacts, args.out, lead_sets, args.platform, args.max_batch,
+                                                 args.max_queue_delay_us, args.instances, args.kind, args.preprocess,
+                                                 args.force))
+    for config in configs:
+        print(f"wrote {config}")
+    return 0
+
+
+def _serve_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("artifact", type=Path, help=".onnx or .plan")
+    p.add_argument("--port", type=int, default=8000, help="HTTP port (gRPC: port+1, metrics: port+2)")
+    p.add_argument("--leads", default="ii+ppg,12lead", help="lead sets, one Triton model each")
+    p.add_argument("--max-batch", type=int, default=64)
+    p.add_argument("--max-queue-delay-us", type=int, default=2000)
+    p.add_argument("--provider", default=None, help="ONNX Runtime provider or openvino (default: best)")
+
+
+@command("serve", "serve an artifact with NVIDIA Triton (PyTriton) and dynamic batching", _serve_flags)
+def serve(args: argparse.Namespace) -> int:
+    from csfm_edge.serving.pytriton_server import ServeRequest, serve_forever
+
+    lead_sets = [s.strip() for s in args.leads.split(",") if s.strip()]
+    serve_forever(ServeRequest(args.artifact, lead_sets, args.port, args.max_batch, args.max_queue_delay_us,
+                               args.provider))
+    return 0

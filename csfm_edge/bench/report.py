@@ -75,7 +75,7 @@ def markdown_tables(rows: list[dict]) -> str:
             fraction = r["fraction_of_peak"]
             out.append(f"| {r['machine']} | {r['label']} | {r['lead_set']} | {r['batch']} | {lat['median_ms']:.2f} | "
                        f"{lat['p90_ms']:.2f} | {lat['p99_ms']:.2f} | {r['preprocess_share'] * 100:.1f}% | "
-                       f"{r['achieved_tflops']:.3f} | {_fmt(None if fraction is None else fraction * 100)}% | "
+                       f"{r['achieved_tflops']:.3f} | {'-' if fraction is None else f'{fraction * 100:.1f}%'} | "
                        f"{_fmt(r['energy_mj_per_window'])} |")
         out.append("")
     return "\n".join(out)
@@ -93,20 +93,22 @@ def plots(rows: list[dict], out_dir: Path) -> list[Path]:
     for size in sorted({r["size"] for r in rows}):
         sized = [r for r in rows if r["size"] == size]
         lead_sets = sorted({r["lead_set"] for r in sized})
-        fig, axes = plt.subplots(1, len(lead_sets), figsize=(6 * len(lead_sets), 4.5), squeeze=False)
+        fig, axes = plt.subplots(1, len(lead_sets), figsize=(6.5 * len(lead_sets), 6.5), squeeze=False)
         for ax, lead_set in zip(axes[0], lead_sets):
-            series = defaultdict(list)
+            series = defaultdict(dict)  # a later result for the same machine, target and batch replaces an earlier
             for r in sized:
                 if r["lead_set"] == lead_set:
-                    series[f"{r['label']} - {r['machine'].split(' (')[0]}"].append(
-                        (r["batch"], r["throughput"]["windows_per_s"]))
+                    name = f"{r['label']} - {r['machine'].split(' (')[0]}"
+                    series[name][r["batch"]] = r["throughput"]["windows_per_s"]
+            batches = sorted({b for points in series.values() for b in points})
             for name, points in sorted(series.items()):
-                points.sort()
-                ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=name)
+                ax.plot(sorted(points), [points[b] for b in sorted(points)], marker="o", label=name)
             ax.set(xscale="log", yscale="log", xlabel="batch", ylabel="windows / s",
                    title=f"CSFM {size}, {lead_set}: throughput")
+            ax.set_xticks(batches, [str(b) for b in batches])
+            ax.minorticks_off()
             ax.grid(True, which="both", alpha=0.3)
-            ax.legend(fontsize=7)
+            ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.15), ncol=2)
         written.append(_save(fig, out_dir / f"throughput_{size}.png"))
 
         fig, ax = plt.subplots(figsize=(max(6, 0.9 * len(sized)), 4.5))
@@ -126,6 +128,7 @@ def plots(rows: list[dict], out_dir: Path) -> list[Path]:
                        [1 - r["accuracy_min_cosine_vs_fp32"] + 1e-9 for r in points], label=precision)
         ax.set(xscale="log", yscale="log", xlabel="windows / s", ylabel="1 - min cosine vs fp32 (lower is better)",
                title=f"CSFM {size}: accuracy vs speed")
+        ax.tick_params(axis="x", which="minor", labelbottom=False)
         ax.grid(True, which="both", alpha=0.3)
         ax.legend()
         written.append(_save(fig, out_dir / f"accuracy_speed_{size}.png"))

@@ -7,7 +7,6 @@ pretraining decoder and the text branch; keeps a fine-tuned ``mlp_head`` of any 
 
 from __future__ import annotations
 
-import hashlib
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,6 +16,7 @@ import torch
 from csfm_edge.config import HEAD_WIDTH, CSFMConfig, matching_size, size_config
 from csfm_edge.errors import CheckpointError
 from csfm_edge.model.csfm import CSFM, AttentionCore, math_attention
+from csfm_edge.runtime.manifest import sha256_of
 
 # Pretraining-decoder and text-branch parameters: present in real checkpoints, unused for signals.
 IGNORED_PREFIXES = (
@@ -57,14 +57,6 @@ def build(size_or_config: str | CSFMConfig, seed: int | None = None, *,
         model = CSFM(config, attention)
     model.provenance = f"untrained, seed {seed}" if seed is not None else "untrained, unseeded"
     return model.eval()
-
-
-def file_sha256(path: str | Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
@@ -149,7 +141,8 @@ def load_checkpoint(path: str | Path, size: str | None = None, *, attention: Att
                 f"{list(tensor.shape)}: fits no CSFM architecture")
     unexpected = sorted(set(state) - set(expected))
     model.load_state_dict({k: state[k].to(torch.float32) for k in expected}, strict=True)
-    model.provenance = f"checkpoint {path.name} sha256:{file_sha256(path)}"
-    model.load_report = LoadReport(str(path), file_sha256(path), config.name, config,
+    digest = sha256_of(path)
+    model.provenance = f"checkpoint {path.name} sha256:{digest}"
+    model.load_report = LoadReport(str(path), digest, config.name, config,
                                    loaded=sorted(expected), ignored=sorted(ignored + unexpected))
     return model.eval()

@@ -1,0 +1,1 @@
+"""Serving at scale: Triton Inference Server model repositories and a PyTriton server."""

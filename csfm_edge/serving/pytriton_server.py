@@ -1,0 +1,108 @@
+"""``csfm-edge serve``: a csfm-edge Session behind NVIDIA Triton, through PyTriton (its bundled server).
+
+One Triton model per lead set (the same names as ``triton-repo``), each taking ``signal`` float32
+[channels, 2500] per request with dynamic batching; Triton validates shapes and dtypes, so a bad
+request gets an error response and the server keeps serving. PyTriton 0.7 needs numpy < 2: install it
+in its own environment (see README, "Serving").
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sysconfig
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from csfm_edge.config import WINDOW_SAMPLES
+from csfm_edge.errors import BackendUnavailableError, CsfmError
+from csfm_edge.leads import LEAD_SETS
+from csfm_edge.runtime.session import Session
+from csfm_edge.serving.triton_repo import model_name
+
+
+@dataclass
+class ServeRequest:
+    artifact: Path
+    lead_sets: list[str] = field(default_factory=lambda: ["ii+ppg", "12lead"])
+    http_port: int = 8000
+    max_batch: int = 64
+    max_queue_delay_us: int = 2000
+    provider: str | None = None
+
+
+class BatchLog:
+    """Sizes of the batches the server handed to the model (how well dynamic batching worked)."""
+
+    def __init__(self):
+        self.sizes: list[int] = []
+
+
+def _python_libdir_first() -> None:
+    """Triton's Python-backend stub must load this interpreter's libpython, not the system's."""
+    libdir = sysconfig.get_config_var("LIBDIR") or ""
+    paths = os.environ.get("LD_LIBRARY_PATH", "").split(os.pathsep)
+    if libdir and paths[:1] != [libdir]:
+        os.environ["LD_LIBRARY_PATH"] = os.pathsep.join([libdir, *[p for p in paths if p]])
+
+
+def start(request: ServeRequest, workspace: Path | None = None):
+    """Bind one model per lead set and start Triton in the background; returns (triton, session, log)."""
+    try:
+        from pytriton.decorators import batch
+        from pytriton.model_config import DynamicBatcher, ModelConfig, Tensor
+        from pytriton.triton import Triton, TritonConfig
+    except ImportError:
+        raise BackendUnavailableError("serving needs PyTriton: pip install nvidia-pytriton (numpy < 2; use its "
+                                      "own environment, see the README)") from None
+    unknown = [s for s in request.lead_sets if s not in LEAD_SETS]
+    if unknown:
+        raise CsfmError(f"unknown lead set {unknown[0]!r}; choose from {', '.join(LEAD_SETS)}")
+    _python_libdir_first()
+    session = Session.open(request.artifact, provider=request.provider)
+    log = BatchLog()
+    config = TritonConfig(http_port=request.http_port, grpc_port=request.http_port + 1,
+                          metrics_port=request.http_port + 2)
+    triton = Triton(config=config, workspace=str(workspace or tempfile.mkdtemp(prefix="csfm-triton-")))
+    size, precision = session.model["size"], session.precision
+    outputs = [Tensor(name=name, dtype=np.float32, shape=(spec["dims"][1],))
+               for name, spec in session.manifest["outputs"].items()]
+    for lead_set in request.lead_sets:
+        ids = np.asarray(LEAD_SETS[lead_set], dtype=np.int64)
+
+        @batch
+        def infer(signal: np.ndarray, ids: np.ndarray = ids) -> dict[str, np.ndarray]:
+            log.sizes.append(int(signal.shape[0]))
+            return session.run(signal, ids)
+
+        triton.bind(model_name=model_name(size, precision, lead_set), infer_func=infer,
+                    inputs=[Tensor(name="signal", dtype=np.float32, shape=(len(ids), WINDOW_SAMPLES))],
+                    outputs=outputs,
+                    config=ModelConfig(max_batch_size=request.max_batch,
+                                       batcher=DynamicBatcher(max_queue_delay_microseconds=request.max_queue_delay_us)))
+    triton.run()
+    return triton, session, log
+
+
+def serve_forever(request: ServeRequest) -> None:
+    """``csfm-edge serve``: run until SIGTERM/Ctrl-C, then stop Triton (no orphan tritonserver)."""
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, interrupt)
+    with tempfile.TemporaryDirectory(prefix="csfm-triton-") as workspace:
+        triton, session, _ = start(request, Path(workspace))
+        names = [model_name(session.model["size"], session.precision, s) for s in request.lead_sets]
+        print(f"serving {', '.join(names)} on http://127.0.0.1:{request.http_port} "
+              f"(gRPC {request.http_port + 1}); Ctrl-C to stop", flush=True)
+        try:
+            signal.pause()
+        except KeyboardInterrupt:
+            pass
+        finally:
+            triton.stop()
+            session.close()

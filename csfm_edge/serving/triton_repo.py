@@ -1,0 +1,208 @@
+"""``csfm-edge triton-repo``: a Triton Inference Server model repository from exported artifacts.
+
+One model per lead set, with the lead set's channel ids folded into the graph as a constant: every
+request to a model then has the same shape [channels, 2500], which is what Triton's dynamic batcher
+needs to batch requests together. ``config.pbtxt`` files follow Triton's model-config schema (the
+tests parse them with the protobuf that ships with ``tritonclient``). An optional preprocessing
+ensemble (a Python-backend model running ``csfm_edge.runtime.preprocess``) lets clients send raw
+signals at their own rate.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import numpy_helper
+
+from csfm_edge.config import WINDOW_SAMPLES
+from csfm_edge.errors import ArtifactError, CsfmError
+from csfm_edge.export.spec import AxisRange
+from csfm_edge.leads import LEAD_SETS
+from csfm_edge.profiles import Profile
+from csfm_edge.runtime.manifest import read_manifest, write_atomically, write_manifest
+
+PLATFORMS = ("onnxruntime_onnx", "tensorrt_plan")
+
+
+@dataclass
+class TritonRepoRequest:
+    artifacts: list[Path]
+    out: Path
+    lead_sets: list[str] = field(default_factory=lambda: ["ii+ppg", "12lead"])
+    platform: str = "onnxruntime_onnx"
+    max_batch: int = 64
+    max_queue_delay_us: int = 1000
+    instances: int = 1
+    kind: str = "KIND_GPU"
+    preprocess: bool = False
+    force: bool = False
+
+
+def model_name(size: str, precision: str, lead_set: str) -> str:
+    """Triton model names: letters, digits, '_' and '-'."""
+    return re.sub(r"[^A-Za-z0-9_-]", "_", f"csfm-{size}-{precision}-{lead_set}")
+
+
+def fold_channel_ids(source: Path, ids: np.ndarray, target: Path) -> None:
+    """The graph with ``channel_ids`` replaced by a constant and ``signal`` fixed to [batch, C, 2500]."""
+    model = onnx.load(str(source))
+    graph = model.graph
+    [channel_input] = [i for i in graph.input if i.name == "channel_ids"]
+    graph.input.remove(channel_input)
+    graph.initializer.append(numpy_helper.from_array(np.asarray(ids, dtype=np.int64), name="channel_ids"))
+    [signal] = [i for i in graph.input if i.name == "signal"]
+    dims = signal.type.tensor_type.shape.dim
+    dims[1].ClearField("dim_param")
+    dims[1].dim_value = len(ids)
+    dims[2].ClearField("dim_param")
+    dims[2].dim_value = WINDOW_SAMPLES
+    onnx.save(model, str(target))
+
+
+def model_config(name: str, platform: str, channels: int, outputs: dict, request: TritonRepoRequest) -> str:
+    """``config.pbtxt`` of one lead-set model (dims exclude the batch axis, as Triton's batching wants)."""
+    preferred = sorted({b for b in (1, 4, 8, 16, 32, 64) if b <= request.max_batch} - {1}) or [request.max_batch]
+    output_blocks = ",\n".join(
+        f'  {{ name: "{o}" data_type: TYPE_FP32 dims: [ {spec["dims"][1]} ] }}' for o, spec in outputs.items())
+    return (f'name: "{name}"\nplatform: "{platform}"\nmax_batch_size: {request.max_batch}\n'
+            f'input [\n  {{ name: "signal" data_type: TYPE_FP32 dims: [ {channels}, {WINDOW_SAMPLES} ] }}\n]\n'
+            f"output [\n{output_blocks}\n]\n"
+            f"dynamic_batching {{\n  preferred_batch_size: [ {', '.join(map(str, preferred))} ]\n"
+            f"  max_queue_delay_microseconds: {request.max_queue_delay_us}\n}}\n"
+            f"instance_group [ {{ count: {request.instances} kind: {request.kind} }} ]\n")
+
+
+PREPROCESS_MODEL = '''"""Triton Python-backend model: a raw signal at its own rate -> the CSFM input.
+Written by csfm-edge triton-repo; needs csfm-edge (base package) in the Python backend's environment."""
+
+import json
+
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+from csfm_edge.runtime.preprocess import preprocess
+
+
+class TritonPythonModel:
+    def initialize(self, args):
+        params = json.loads(args["model_config"])["parameters"]
+        self.leads = params["leads"]["string_value"].split(",")
+        self.ppg_order = int(params["ppg_order"]["string_value"])
+
+    def execute(self, requests):
+        responses = []
+        for request in requests:
+            raw = pb_utils.get_input_tensor_by_name(request, "raw").as_numpy()
+            fs = pb_utils.get_input_tensor_by_name(request, "fs").as_numpy()
+            try:
+                out = np.stack([preprocess(raw[i], float(fs[i][0]), self.leads, ppg_order=self.ppg_order)
+                                for i in range(raw.shape[0])])
+                responses.append(pb_utils.InferenceResponse([pb_utils.Tensor("signal", out)]))
+            except Exception as exc:  # a bad signal is this request's error; the model keeps serving
+                responses.append(pb_utils.InferenceResponse(error=pb_utils.TritonError(str(exc))))
+        return responses
+'''
+
+
+def preprocess_config(name: str, channels: int, leads: str, ppg_order: int, request: TritonRepoRequest) -> str:
+    return (f'name: "{name}"\nbackend: "python"\nmax_batch_size: {request.max_batch}\n'
+            f'input [\n  {{ name: "raw" data_type: TYPE_FP32 dims: [ {channels}, -1 ] }},\n'
+            f'  {{ name: "fs" data_type: TYPE_FP32 dims: [ 1 ] }}\n]\n'
+            f'output [\n  {{ name: "signal" data_type: TYPE_FP32 dims: [ {channels}, {WINDOW_SAMPLES} ] }}\n]\n'
+            f'parameters [\n  {{ key: "leads" value: {{ string_value: "{leads}" }} }},\n'
+            f'  {{ key: "ppg_order" value: {{ string_value: "{ppg_order}" }} }}\n]\n'
+            f"instance_group [ {{ count: {request.instances} kind: KIND_CPU }} ]\n")
+
+
+def ensemble_config(name: str, preprocess_name: str, model: str, channels: int, outputs: dict,
+                    request: TritonRepoRequest) -> str:
+    output_blocks = ",\n".join(
+        f'  {{ name: "{o}" data_type: TYPE_FP32 dims: [ {spec["dims"][1]} ] }}' for o, spec in outputs.items())
+    output_maps = "\n".join(f'      output_map {{ key: "{o}" value: "{o}" }}' for o in outputs)
+    return (f'name: "{name}"\nplatform: "ensemble"\nmax_batch_size: {request.max_batch}\n'
+            f'input [\n  {{ name: "raw" data_type: TYPE_FP32 dims: [ {channels}, -1 ] }},\n'
+            f'  {{ name: "fs" data_type: TYPE_FP32 dims: [ 1 ] }}\n]\n'
+            f"output [\n{output_blocks}\n]\n"
+            f"ensemble_scheduling {{\n  step [\n"
+            f'    {{\n      model_name: "{preprocess_name}"\n      model_version: -1\n'
+            f'      input_map {{ key: "raw" value: "raw" }}\n      input_map {{ key: "fs" value: "fs" }}\n'
+            f'      output_map {{ key: "signal" value: "preprocessed" }}\n    }},\n'
+            f'    {{\n      model_name: "{model}"\n      model_version: -1\n'
+            f'      input_map {{ key: "signal" value: "preprocessed" }}\n{output_maps}\n    }}\n  ]\n}}\n')
+
+
+def write_repository(request: TritonRepoRequest) -> list[Path]:
+    """Write every (artifact, lead set) model, plus preprocessing ensembles when asked; return config paths."""
+    if request.platform not in PLATFORMS:
+        raise CsfmError(f"unknown platform {request.platform!r}; choose {', '.join(PLATFORMS)}")
+    if request.max_batch < 1 or request.instances < 1:
+        raise CsfmError("--max-batch and --instances must be >= 1")
+    unknown = [s for s in request.lead_sets if s not in LEAD_SETS]
+    if unknown:
+        raise CsfmError(f"unknown lead set {unknown[0]!r}; choose from {', '.join(LEAD_SETS)}")
+    manifests = {}
+    for artifact in request.artifacts:
+        if artifact.suffix.lower() != ".onnx":
+            raise ArtifactError(f"{artifact.name}: pass the exported .onnx; Triton models fold the lead set into "
+                                "the graph, and TensorRT plans are built from that folded graph on the server")
+        manifests[artifact] = read_manifest(artifact)
+        if manifests[artifact]["precision"].startswith("cpu-") and request.platform == "tensorrt_plan":
+            raise ArtifactError(f"{artifact.name} is an ONNX Runtime CPU graph; TensorRT needs a portable one")
+    if request.out.exists() and any(request.out.iterdir()) and not request.force:
+        raise CsfmError(f"{request.out} is not empty: pass --force to write into it")
+    configs = []
+    for artifact, manifest in manifests.items():
+        size, precision = manifest["model"]["size"], manifest["precision"]
+        for lead_set in request.lead_sets:
+            ids = np.asarray(LEAD_SETS[lead_set], dtype=np.int64)
+            name = model_name(size, precision, lead_set)
+            folder = request.out / name
+            (folder / "1").mkdir(parents=True, exist_ok=True)
+            if request.platform == "onnxruntime_onnx":
+                fold_channel_ids(artifact, ids, folder / "1" / "model.onnx")
+            else:  # the plan is built on the server's GPU from this folded graph (see BUILD.txt)
+                source = folder / "source.onnx"
+                fold_channel_ids(artifact, ids, source)
+                folded = {k: v for k, v in manifest.items() if k != "file"}
+                folded["inputs"] = {"signal": {"dtype": "float32", "dims": ["batch", len(ids), WINDOW_SAMPLES]}}
+                write_manifest(source, folded)
+                profile = Profile("triton", AxisRange(1, min(8, request.max_batch), request.max_batch),
+                                  AxisRange(len(ids), len(ids), len(ids)), AxisRange(2500, 2500, 2500))
+                write_atomically(folder / "BUILD.txt", (
+                    "Build the engine on the serving GPU (same TensorRT as the Triton server), e.g. inside the NGC "
+                    f"container:\n  csfm-edge build {name}/source.onnx --profile {_profile_flag(profile)} "
+                    f"--out {name}/1/model.plan\n").encode())
+            config = folder / "config.pbtxt"
+            write_atomically(config, model_config(name, request.platform, len(ids), manifest["outputs"],
+                                                  request).encode())
+            configs.append(config)
+            if request.preprocess:
+                configs += _write_ensemble(request, name, lead_set, ids, manifest)
+    return configs
+
+
+def _profile_flag(profile: Profile) -> str:
+    b, c = profile.batch, profile.channels
+    return f"triton:batch={b.min},{b.opt},{b.max}:channels={c.min}:time=2500"
+
+
+def _write_ensemble(request: TritonRepoRequest, name: str, lead_set: str, ids: np.ndarray, manifest: dict
+                    ) -> list[Path]:
+    from csfm_edge.leads import lead_names
+
+    pre_name = f"{name}-preprocess"
+    pre = request.out / pre_name
+    (pre / "1").mkdir(parents=True, exist_ok=True)
+    write_atomically(pre / "1" / "model.py", PREPROCESS_MODEL.encode())
+    ppg_order = int(manifest["preprocessing"]["ppg"]["order"])
+    write_atomically(pre / "config.pbtxt", preprocess_config(pre_name, len(ids), ",".join(lead_names(ids)),
+                                                             ppg_order, request).encode())
+    ensemble = request.out / f"{name}-raw"
+    (ensemble / "1").mkdir(parents=True, exist_ok=True)
+    write_atomically(ensemble / "config.pbtxt", ensemble_config(f"{name}-raw", pre_name, name, len(ids),
+                                                                manifest["outputs"], request).encode())
+    return [pre / "config.pbtxt", ensemble / "config.pbtxt"]
