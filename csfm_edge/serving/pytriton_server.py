@@ -66,7 +66,8 @@ def start(request: ServeRequest, workspace: Path | None = None):
     log = BatchLog()
     config = TritonConfig(http_port=request.http_port, grpc_port=request.http_port + 1,
                           metrics_port=request.http_port + 2)
-    triton = Triton(config=config, workspace=str(workspace or tempfile.mkdtemp(prefix="csfm-triton-")))
+    # PyTriton creates the workspace folder itself: give it a fresh path inside ours (or its own temp one)
+    triton = Triton(config=config, workspace=None if workspace is None else str(Path(workspace) / "pytriton"))
     size, precision = session.model["size"], session.precision
     outputs = [Tensor(name=name, dtype=np.float32, shape=(spec["dims"][1],))
                for name, spec in session.manifest["outputs"].items()]

@@ -15,8 +15,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import onnx
-from onnx import numpy_helper
 
 from csfm_edge.config import WINDOW_SAMPLES
 from csfm_edge.errors import ArtifactError, CsfmError
@@ -49,6 +47,9 @@ def model_name(size: str, precision: str, lead_set: str) -> str:
 
 def fold_channel_ids(source: Path, ids: np.ndarray, target: Path) -> None:
     """The graph with ``channel_ids`` replaced by a constant and ``signal`` fixed to [batch, C, 2500]."""
+    import onnx  # export extra; the serving side (model_name, PyTriton) runs without it
+    from onnx import numpy_helper
+
     model = onnx.load(str(source))
     graph = model.graph
     [channel_input] = [i for i in graph.input if i.name == "channel_ids"]
