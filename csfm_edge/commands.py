@@ -153,7 +153,7 @@ def run(args: argparse.Namespace) -> int:
     recording = read_recording(args.input, args.fs, leads)
     session = Session.open(args.artifact, provider=args.provider)
     started = time.perf_counter()
-    result = session.embed(recording.signals, recording.fs, recording.leads, hop_s=args.hop)
+    result = session.embed(recording.signal, recording.fs, recording.leads, hop_s=args.hop)
     took = time.perf_counter() - started
     info = session.info()
     print(f"{args.input.name}: leads {', '.join(recording.leads)}"
@@ -170,7 +170,7 @@ def run(args: argparse.Namespace) -> int:
               f"L2 norm {np.linalg.norm(result.aggregate['features']):.3f}")
     if args.check:
         reference = Session.open(args.artifact, reference=True, checkpoint=args.checkpoint)
-        expected = reference.embed(recording.signals, recording.fs, recording.leads, hop_s=args.hop)
+        expected = reference.embed(recording.signal, recording.fs, recording.leads, hop_s=args.hop)
         deviation = compare_results(expected, result)
         print(f"check vs PyTorch reference: max abs {deviation['max_abs']:.2e}, "
               f"mean cosine {deviation['mean_cosine']:.6f}, min cosine {deviation['min_cosine']:.6f}")

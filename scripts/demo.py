@@ -38,7 +38,7 @@ def main() -> None:
               f"L2 norm {np.linalg.norm(features):.3f} {'flags: ' + ', '.join(flags) if flags else ''}")
     aggregate = result.aggregate["features"]
     print(f"features: shape {result.features.shape}, aggregate L2 norm {np.linalg.norm(aggregate):.3f}, "
-          f"time {took * 1000:.0f} ms (preprocessing + ONNX Runtime)")
+          f"time {took * 1000:.0f} ms (preprocessing + {info['backend']})")
 
 
 if __name__ == "__main__":

@@ -25,7 +25,6 @@ class Case:
     name: str
     signal: np.ndarray
     channel_ids: np.ndarray
-    real_recording: bool
 
     def feed(self) -> dict[str, np.ndarray]:
         return {"signal": self.signal, "channel_ids": self.channel_ids}
@@ -92,12 +91,12 @@ def compare(name: str, shape: tuple[int, ...], reference: dict[str, np.ndarray],
 def verification_cases(data_dir: Path | None) -> tuple[list[Case], str]:
     """Real lead-set batches, then the shape grid (batch x channels x time) built from real windows."""
     batches = lead_set_batches(data_dir)
-    cases = [Case(f"real {b.name}", b.signal, b.channel_ids, True) for b in batches]
+    cases = [Case(f"real {b.name}", b.signal, b.channel_ids) for b in batches]
     for batch in SHAPE_GRID["batch"]:
         for channels in SHAPE_GRID["channels"]:
             for time in SHAPE_GRID["time"]:
                 signal, ids = shaped_batch(batches, batch, channels, time)
-                cases.append(Case(f"B{batch} C{channels} T{time}", signal, ids, False))
+                cases.append(Case(f"B{batch} C{channels} T{time}", signal, ids))
     return cases, "; ".join(b.source for b in batches)
 
 

@@ -8,7 +8,7 @@ raises :class:`~csfm_edge.errors.InputFileError` naming the file and the problem
 from __future__ import annotations
 
 import zipfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -21,14 +21,11 @@ from csfm_edge.leads import lead_id, lead_names
 class Recording:
     """A raw recording: one [C, N] array at one rate, or one 1-D array per lead with one rate each."""
 
-    signals: np.ndarray | list[np.ndarray]
+    signal: np.ndarray | list[np.ndarray]
     fs: float | list[float]
     leads: list[str]
-    dropped: list[str]  # recorded leads CSFM has no channel for
-
-    @property
-    def multirate(self) -> bool:
-        return isinstance(self.fs, list)
+    dropped: list[str] = field(default_factory=list)  # recorded leads CSFM has no channel for
+    source: str = ""
 
 
 def _known_leads(names: list[str], source: str) -> tuple[list[int], list[str], list[str]]:
@@ -96,7 +93,7 @@ def _rows(array: np.ndarray, fs: float, names: list[str] | None, leads: list[str
     if array.dtype.kind not in "biuf":
         raise InputFileError(f"{source}: expected numbers, got dtype {array.dtype}")
     rows, keep, dropped = _select(names, array.shape[0], leads, source)
-    return Recording(array[rows], fs, keep, dropped)
+    return Recording(array[rows], fs, keep, dropped, source)
 
 
 def _read_npz(path: Path, fs: float | None, leads: list[str] | None) -> Recording:
@@ -150,5 +147,5 @@ def _read_wfdb(path: Path, fs: float | None, leads: list[str] | None) -> Recordi
     rates = [float(record.fs) * int(spf) for spf in record.samps_per_frame]
     rows, keep, dropped = _select(names, len(names), leads, path.name)
     if len(set(rates[r] for r in rows)) == 1:
-        return Recording(np.stack([signals[r] for r in rows]), fs or rates[rows[0]], keep, dropped)
-    return Recording([signals[r] for r in rows], [rates[r] for r in rows], keep, dropped)
+        return Recording(np.stack([signals[r] for r in rows]), fs or rates[rows[0]], keep, dropped, path.name)
+    return Recording([signals[r] for r in rows], [rates[r] for r in rows], keep, dropped, path.name)
