@@ -12,7 +12,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from csfm_edge.bench.flops import published_peak, window_flops
 from csfm_edge.bench.report import build_report
-from csfm_edge.bench.runner import BenchConfig, run_bench
+from csfm_edge.bench.runner import BenchConfig, run_bench, tegrastats_power_w
 from csfm_edge.bench.timing import measure
 from csfm_edge.config import SIZES
 from csfm_edge.model import build
@@ -33,6 +33,14 @@ def test_published_peaks_lookup():
     assert published_peak("NVIDIA RTX A6000", "fp16") is None
     assert published_peak("NVIDIA Jetson AGX Orin 64GB", "int8") == 85.0
     assert published_peak(None, "fp16") is None
+
+
+def test_tegrastats_power_lines():
+    orin = ("RAM 2448/30536MB (lfb 6704x4MB) CPU [1%@729,0%@729] GR3D_FREQ 0% cpu@44.5C VDD_GPU_SOC 3064mW/3064mW "
+            "VDD_CPU_CV 408mW/408mW VIN_SYS_5V0 2520mW/2520mW VDD_IN 5012mW/5012mW")
+    assert tegrastats_power_w(orin) == 5.012
+    assert tegrastats_power_w("RAM 1/2MB POM_5V_IN 4805/4805 POM_5V_GPU 0/0") == 4.805
+    assert tegrastats_power_w("RAM 1/2MB CPU [1%@729]") is None
 
 
 def test_measure_reports_percentiles():

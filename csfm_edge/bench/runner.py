@@ -10,7 +10,10 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import re
 import resource
+import shutil
+import subprocess
 import sys
 import threading
 import time
@@ -84,37 +87,69 @@ def resolve_target(spec: str, provider: str | None = None) -> Target:
     return Target(spec, label, manifest["model"]["size"], manifest["precision"], manifest["weights"], open_artifact)
 
 
+_TEGRA_POWER = re.compile(r"(?:VDD_IN|POM_5V_IN) (\d+)m?W?/")
+
+
+def tegrastats_power_w(line: str) -> float | None:
+    """Board input power from one tegrastats line (Orin: ``VDD_IN 5012mW/...``; Xavier: ``POM_5V_IN 5012/...``)."""
+    match = _TEGRA_POWER.search(line)
+    return int(match.group(1)) / 1000.0 if match else None
+
+
 class PowerSampler:
-    """Average GPU board power while a case runs (NVML); None where the device does not report it."""
+    """Average board power and peak GPU memory while a case runs: NVML on data-center and desktop GPUs,
+    ``tegrastats`` on Jetson; None where the device reports neither."""
 
     def __init__(self, interval_s: float = 0.05):
         self.interval_s = interval_s
         self.samples: list[float] = []
+        self.peak_gpu_memory_mib: float | None = None
+        self._read = self._memory = None
+        self._tegrastats: subprocess.Popen | None = None
         try:
             import pynvml
 
             pynvml.nvmlInit()
-            self._handle = pynvml.nvmlDeviceGetHandleByIndex(0)
-            self._read = lambda: pynvml.nvmlDeviceGetPowerUsage(self._handle) / 1000.0
-        except Exception:  # no pynvml, no driver, no GPU: power is simply not reported
-            self._read = None
+            handle = pynvml.nvmlDeviceGetHandleByIndex(0)
+            self._read = lambda: pynvml.nvmlDeviceGetPowerUsage(handle) / 1000.0
+            self._memory = lambda: pynvml.nvmlDeviceGetMemoryInfo(handle).used / 2**20
+        except Exception:  # no pynvml, no driver, no GPU: try Jetson's tool, else report nothing
+            if shutil.which("tegrastats"):
+                self._tegrastats_interval_ms = max(int(interval_s * 1000), 10)
 
     def __enter__(self) -> PowerSampler:
         self._stop = threading.Event()
+        self._thread = None
         if self._read is not None:
-            self._thread = threading.Thread(target=self._loop, daemon=True)
+            self._thread = threading.Thread(target=self._poll, daemon=True)
+        elif hasattr(self, "_tegrastats_interval_ms"):
+            self._tegrastats = subprocess.Popen(["tegrastats", "--interval", str(self._tegrastats_interval_ms)],
+                                                stdout=subprocess.PIPE, text=True)
+            self._thread = threading.Thread(target=self._follow_tegrastats, daemon=True)
+        if self._thread is not None:
             self._thread.start()
         return self
 
-    def _loop(self) -> None:
+    def _poll(self) -> None:
         while not self._stop.is_set():
             self.samples.append(self._read())
+            used = self._memory()
+            self.peak_gpu_memory_mib = max(used, self.peak_gpu_memory_mib or 0.0)
             time.sleep(self.interval_s)
+
+    def _follow_tegrastats(self) -> None:
+        for line in self._tegrastats.stdout:
+            watts = tegrastats_power_w(line)
+            if watts is not None:
+                self.samples.append(watts)
 
     def __exit__(self, *exc) -> None:
         self._stop.set()
-        if self._read is not None:
-            self._thread.join()
+        if self._tegrastats is not None:
+            self._tegrastats.terminate()
+            self._tegrastats.wait(timeout=5)
+        if self._thread is not None:
+            self._thread.join(timeout=5)
 
     @property
     def average_w(self) -> float | None:
@@ -264,7 +299,8 @@ class BenchRun:
             "flops_per_window": flops, "achieved_tflops": achieved,
             "peak_tflops": peak, "peak_source": peak_source,
             "fraction_of_peak": achieved / peak if peak else None,
-            "peak_host_memory_mib": rss_mib, "avg_power_w": power.average_w, "energy_mj_per_window": energy,
+            "peak_host_memory_mib": rss_mib, "peak_gpu_memory_mib": power.peak_gpu_memory_mib,
+            "avg_power_w": power.average_w, "energy_mj_per_window": energy,
         }
 
 
