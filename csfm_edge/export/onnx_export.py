@@ -175,6 +175,8 @@ def export(request: ExportRequest) -> list[Path]:
     weights = request.checkpoint or f"UNTRAINED random weights (seed {request.seed})"
     say(f"[export] loading CSFM {request.size} from {weights}")
     model = load_model(request.size, request.checkpoint, request.seed)
+    if request.checkpoint is not None:
+        say(f"[export] {model.load_report.summary()}")
     cases, data = verification_cases(request.data_dir)
     say(f"[export] verification data: {data}")
     say(f"[export] PyTorch reference on {len(cases)} cases")
