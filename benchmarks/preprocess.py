@@ -14,14 +14,15 @@ from pathlib import Path
 import numpy as np
 
 from csfm_edge.bench.timing import measure
+from csfm_edge.datasets import read_npz_record
 from csfm_edge.reference_pipeline import authors_preprocess, neurokit_ppg_order
 from csfm_edge.runtime.preprocess import preprocess
 
 
 def load(path: Path, seconds: float | None = None):
-    with np.load(path) as record:
-        keep = record["channel_ids"] >= 0
-        signal, fs, ids = record["signal"][keep], float(record["fs"]), record["channel_ids"][keep]
+    signal, fs, ids = read_npz_record(path)
+    keep = ids >= 0
+    signal, ids = signal[keep], ids[keep]
     if seconds is not None:
         signal = signal[:, : int(seconds * fs)]
     return signal, fs, ids

@@ -33,9 +33,11 @@ def reference_dir() -> Path:
 
 def load_record(path: Path) -> tuple[np.ndarray, float, np.ndarray]:
     """A shared .npz recording without the leads CSFM has no id for: (signal, fs, channel ids)."""
-    with np.load(path) as record:
-        keep = record["channel_ids"] >= 0
-        return record["signal"][keep], float(record["fs"]), record["channel_ids"][keep]
+    from csfm_edge.datasets import read_npz_record
+
+    signal, fs, ids = read_npz_record(path)
+    keep = ids >= 0
+    return signal[keep], fs, ids[keep]
 
 
 def quiet(message: str) -> None:

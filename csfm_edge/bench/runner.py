@@ -34,6 +34,7 @@ from csfm_edge.progress import console_progress
 from csfm_edge.runtime.backends.base import Backend
 from csfm_edge.runtime.manifest import read_manifest, write_atomically
 from csfm_edge.runtime.preprocess import preprocess
+from csfm_edge.runtime.results import cosine_rows
 
 TORCH_TARGETS = {"torch": "PyTorch eager fp32 (the authors' way)",
                  "torch-fast": "PyTorch fused attention + bf16 autocast"}
@@ -223,8 +224,7 @@ class BenchRun:
         ids = np.asarray(LEAD_SETS[lead_set], dtype=np.int64)
         got = backend.run({"signal": real_batch(self.batches, ids, 4), "channel_ids": ids})["features"]
         ref = self._reference(target, lead_set)
-        cos = (got * ref).sum(-1) / (np.linalg.norm(got, axis=-1) * np.linalg.norm(ref, axis=-1))
-        return float(cos.min())
+        return float(cosine_rows(got, ref).min())
 
     def run(self) -> dict:
         config = self.config

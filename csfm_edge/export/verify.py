@@ -16,6 +16,7 @@ import numpy as np
 from csfm_edge.datasets import lead_set_batches, shaped_batch
 from csfm_edge.export.spec import SPEC, Tolerance
 from csfm_edge.runtime.backends.base import Backend
+from csfm_edge.runtime.results import cosine_rows
 
 SHAPE_GRID = {"batch": (1, 4), "channels": (1, 2, 12, 13), "time": (2500, 1250)}
 
@@ -68,11 +69,6 @@ class Verification:
     def to_dict(self) -> dict:
         return {"precision": self.precision, "tolerance": asdict(self.tolerance), "passed": self.passed,
                 "data": self.data, "worst": self.worst(), "cases": [asdict(r) for r in self.results]}
-
-
-def cosine_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    a, b = a.astype(np.float64), b.astype(np.float64)
-    return (a * b).sum(-1) / (np.linalg.norm(a, axis=-1) * np.linalg.norm(b, axis=-1) + 1e-30)
 
 
 def compare(name: str, shape: tuple[int, ...], reference: dict[str, np.ndarray],
