@@ -15,9 +15,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from csfm_edge.bench.artifacts import ensure_artifacts
 from csfm_edge.bench.runner import BenchConfig, run_bench
-from csfm_edge.datasets import default_data_dir
+from csfm_edge.export.onnx_export import ensure_artifacts
+from csfm_edge.recordings.datasets import default_data_dir
 from csfm_edge.runtime.backends.openvino import openvino_available
 
 ROOT = Path(__file__).resolve().parents[1]

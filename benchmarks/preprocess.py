@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from csfm_edge.bench.timing import measure
-from csfm_edge.datasets import read_npz_record
+from csfm_edge.recordings.datasets import read_npz_record
 from csfm_edge.reference_pipeline import authors_preprocess, neurokit_ppg_order
 from csfm_edge.runtime.preprocess import preprocess
 

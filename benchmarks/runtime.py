@@ -17,9 +17,9 @@ from pathlib import Path
 
 import numpy as np
 
-from csfm_edge.bench.artifacts import ensure_artifacts
 from csfm_edge.bench.timing import measure
-from csfm_edge.datasets import BEDSIDE_RECORD, default_data_dir, read_npz_record
+from csfm_edge.export.onnx_export import ensure_artifacts
+from csfm_edge.recordings.datasets import BEDSIDE_RECORD, default_data_dir, read_npz_record
 from csfm_edge.runtime import Session
 from csfm_edge.runtime.preprocess import preprocess
 

@@ -21,7 +21,7 @@ import numpy as np
 import tritonclient.http as http
 
 from csfm_edge.bench.timing import measure
-from csfm_edge.datasets import default_data_dir, lead_set_batches, real_batch
+from csfm_edge.recordings.datasets import default_data_dir, lead_set_batches, real_batch
 from csfm_edge.serving.pytriton_server import ServeRequest, start
 from csfm_edge.serving.triton_repo import model_name
 
@@ -71,7 +71,7 @@ def main() -> None:
         triton, session, log = start(ServeRequest(args.artifact, ["ii+ppg"], port, max_batch=32,
                                                   max_queue_delay_us=2000, provider=args.provider), Path(workspace))
         try:
-            name = model_name(session.model["size"], session.precision, "ii+ppg")
+            name = model_name(session.model.size, session.precision, "ii+ppg")
             windows = real_batch(lead_set_batches(default_data_dir()), ids, 32)
             info = session.info()
             print(f"CSFM {info['size']} {info['precision']} on {info['backend']} ({info['provider']}), "

@@ -1,7 +1,8 @@
-"""The ``csfm-edge`` command line: each subcommand forwards its flags to one library function.
+"""The ``csfm-edge`` command line: a table of subcommands, each forwarding its flags to one library function.
 
-A :class:`~csfm_edge.errors.CsfmError` (anything a user can cause) becomes one line on stderr and
-exit status 1, never a traceback. Heavy libraries are imported inside the subcommands, so
+The table lives here and nothing in the library imports this module (Polygraphy's tool registry is
+the model). A :class:`~csfm_edge.errors.CsfmError` (anything a user can cause) becomes one line on
+stderr and exit status 1, never a traceback. Heavy libraries are imported inside the subcommands, so
 ``csfm-edge --help`` needs only NumPy/SciPy.
 """
 
@@ -10,41 +11,55 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Callable
+from dataclasses import dataclass
 
 from csfm_edge import __version__
+from csfm_edge import commands as c
 from csfm_edge.errors import CsfmError
 
 # Optional dependencies and the extra that brings each.
-EXTRAS = {"torch": "export", "onnx": "export", "onnxscript": "export", "matplotlib": "plot", "wfdb": "wfdb",
-          "openvino": "openvino", "neurokit2": "dev", "cuda": "tensorrt"}
-
-COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int]]] = {}
+EXTRAS = {"torch": "export", "onnx": "export", "matplotlib": "plot", "wfdb": "wfdb", "openvino": "openvino",
+          "neurokit2": "dev", "cuda": "tensorrt"}
 
 
-def command(name: str, help_text: str, configure: Callable[[argparse.ArgumentParser], None]):
-    """Register ``run(args) -> exit status`` as subcommand ``name``."""
+@dataclass(frozen=True)
+class Command:
+    name: str
+    help: str
+    flags: Callable[[argparse.ArgumentParser], None]
+    run: Callable[[argparse.Namespace], int]
 
-    def register(run: Callable[[argparse.Namespace], int]):
-        COMMANDS[name] = (help_text, configure, run)
-        return run
 
-    return register
+COMMANDS = (
+    Command("env", "print Python, platform and package versions (for bug reports)", c.no_flags, c.env),
+    Command("export", "export CSFM to ONNX (fp32/fp16/int8), verified against PyTorch, with manifests",
+            c.export_flags, c.export),
+    Command("verify", "re-run an artifact's verification against the PyTorch reference", c.verify_flags, c.verify),
+    Command("build", "build a TensorRT engine (.plan) from an exported ONNX graph", c.build_flags, c.build),
+    Command("info", "print an artifact's manifest readably (and check the file against it)", c.info_flags, c.info),
+    Command("run", "run an artifact on a recording: per-window features/logits with times and flags",
+            c.run_flags, c.run),
+    Command("bench", "benchmark artifacts across batch sizes, lead sets and window lengths", c.bench_flags, c.bench),
+    Command("bench-report", "markdown tables and PNG plots comparing bench results across machines",
+            c.report_flags, c.bench_report),
+    Command("triton-repo", "write a Triton Inference Server model repository (one model per lead set)",
+            c.triton_repo_flags, c.triton_repo),
+    Command("serve", "serve an artifact with NVIDIA Triton (PyTriton) and dynamic batching", c.serve_flags, c.serve),
+)
 
 
 def parser() -> argparse.ArgumentParser:
     root = argparse.ArgumentParser(prog="csfm-edge", description=__doc__.splitlines()[0])
     root.add_argument("--version", action="version", version=f"csfm-edge {__version__}")
     subparsers = root.add_subparsers(dest="command", required=True)
-    for name, (help_text, configure, run) in COMMANDS.items():
-        sub = subparsers.add_parser(name, help=help_text, description=help_text)
-        configure(sub)
-        sub.set_defaults(run=run)
+    for command in COMMANDS:
+        sub = subparsers.add_parser(command.name, help=command.help, description=command.help)
+        command.flags(sub)
+        sub.set_defaults(run=command.run)
     return root
 
 
 def main(argv: list[str] | None = None) -> int:
-    import csfm_edge.commands  # noqa: F401  (registers the subcommands)
-
     args = parser().parse_args(argv)
     try:
         return int(args.run(args) or 0)
@@ -64,7 +79,5 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
 
-if __name__ == "__main__":  # run as `python -m csfm_edge.cli`: use the importable module's registry
-    from csfm_edge.cli import main as registered_main
-
-    sys.exit(registered_main())
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,33 +1,30 @@
-"""Subcommands of the ``csfm-edge`` CLI; each parses flags and calls library code."""
+"""Subcommands of the ``csfm-edge`` CLI: for each, a function that declares its flags and one that runs it.
+
+Each run function forwards its flags to one library function; :mod:`csfm_edge.cli` holds the table
+that names them. Nothing in the library imports this module.
+"""
 
 from __future__ import annotations
 
 import argparse
 import platform
-from importlib import metadata
 from pathlib import Path
 
 import numpy as np
 
-from csfm_edge.cli import command
+from csfm_edge.environment import package_versions
 from csfm_edge.errors import CsfmError
 
-PACKAGES = ("csfm-edge", "numpy", "scipy", "onnxruntime", "onnx", "torch", "tensorrt", "tensorrt-rtx-cu12-bindings",
-            "cuda-python", "neurokit2", "wfdb")
+
+def split_list(text: str) -> list[str]:
+    """A comma-separated flag value -> its non-empty, stripped items."""
+    return [item.strip() for item in text.split(",") if item.strip()]
 
 
-def package_versions() -> dict[str, str | None]:
-    """Installed versions (None where absent), read from metadata so nothing heavy is imported."""
-    versions: dict[str, str | None] = {}
-    for name in PACKAGES:
-        try:
-            versions[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            versions[name] = None
-    return versions
+def no_flags(p: argparse.ArgumentParser) -> None:
+    """For commands that take no flags."""
 
 
-@command("env", "print Python, platform and package versions (for bug reports)", lambda p: None)
 def env(args: argparse.Namespace) -> int:
     print(f"python      {platform.python_version()} ({platform.machine()}, {platform.platform()})")
     for name, version in package_versions().items():
@@ -35,7 +32,7 @@ def env(args: argparse.Namespace) -> int:
     return 0
 
 
-def _export_flags(p: argparse.ArgumentParser) -> None:
+def export_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--size", required=True, help="tiny, base or large")
     weights = p.add_mutually_exclusive_group()
     weights.add_argument("--checkpoint", type=Path, help="authors'-format checkpoint of that size")
@@ -53,13 +50,12 @@ def _export_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--force", action="store_true", help="overwrite existing artifacts")
 
 
-@command("export", "export CSFM to ONNX (fp32/fp16/int8), verified against PyTorch, with manifests", _export_flags)
 def export(args: argparse.Namespace) -> int:
-    from csfm_edge.datasets import default_data_dir
     from csfm_edge.export.onnx_export import ExportRequest
     from csfm_edge.export.onnx_export import export as run_export
+    from csfm_edge.recordings.datasets import default_data_dir
 
-    precisions = tuple(p.strip() for p in args.precision.split(",") if p.strip())
+    precisions = tuple(split_list(args.precision))
     run_export(ExportRequest(size=args.size.lower(), out_dir=args.out, checkpoint=args.checkpoint,
                              seed=None if args.checkpoint else args.seed, precisions=precisions,
                              data_dir=args.data or default_data_dir(), calibration_data=args.calibration_data,
@@ -67,17 +63,16 @@ def export(args: argparse.Namespace) -> int:
     return 0
 
 
-def _verify_flags(p: argparse.ArgumentParser) -> None:
+def verify_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("artifact", type=Path, help=".onnx (or .plan) with its manifest beside it")
     p.add_argument("--checkpoint", type=Path, help="the checkpoint it was exported from (not needed if untrained)")
     p.add_argument("--data", type=Path, default=None, help="recordings (default as for export)")
     p.add_argument("--provider", default=None, help="ONNX Runtime provider (default: best available)")
 
 
-@command("verify", "re-run an artifact's verification against the PyTorch reference", _verify_flags)
 def verify(args: argparse.Namespace) -> int:
-    from csfm_edge.datasets import default_data_dir
     from csfm_edge.export.reverify import reverify
+    from csfm_edge.recordings.datasets import default_data_dir
 
     result = reverify(args.artifact, args.checkpoint, args.data or default_data_dir(), args.provider)
     print(f"{'case':18} {'shape':>14} {'max abs':>10} {'cosine':>10}")
@@ -88,7 +83,7 @@ def verify(args: argparse.Namespace) -> int:
     return 0 if result.passed else 2
 
 
-def _build_flags(p: argparse.ArgumentParser) -> None:
+def build_flags(p: argparse.ArgumentParser) -> None:
     from csfm_edge.profiles import PRESETS
     from csfm_edge.runtime.tensorrt_lib import TARGETS
 
@@ -104,7 +99,6 @@ def _build_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--force", action="store_true", help="overwrite an existing plan")
 
 
-@command("build", "build a TensorRT engine (.plan) from an exported ONNX graph", _build_flags)
 def build(args: argparse.Namespace) -> int:
     from csfm_edge.export.tensorrt_build import BuildRequest, build_engine
     from csfm_edge.profiles import PRESETS, parse_profile
@@ -115,11 +109,10 @@ def build(args: argparse.Namespace) -> int:
     return 0
 
 
-def _info_flags(p: argparse.ArgumentParser) -> None:
+def info_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("artifact", type=Path, help=".onnx or .plan with its manifest")
 
 
-@command("info", "print an artifact's manifest readably (and check the file against it)", _info_flags)
 def info(args: argparse.Namespace) -> int:
     from csfm_edge.runtime.manifest import describe_manifest, read_manifest
 
@@ -127,7 +120,7 @@ def info(args: argparse.Namespace) -> int:
     return 0
 
 
-def _run_flags(p: argparse.ArgumentParser) -> None:
+def run_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("artifact", type=Path, help=".onnx, .plan or a checkpoint (.pt/.pth: PyTorch reference)")
     p.add_argument("input", type=Path, help="recording: .npz (shared schema), .npy, .csv or WFDB .hea")
     p.add_argument("--fs", type=float, default=None, help="sampling rate in Hz (where the file lacks it)")
@@ -139,17 +132,16 @@ def _run_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", type=Path, default=None, help="write results to .npz or .json")
 
 
-@command("run", "run an artifact on a recording: per-window features/logits with times and flags", _run_flags)
 def run(args: argparse.Namespace) -> int:
     import time
 
-    from csfm_edge.runtime.io import read_recording
+    from csfm_edge.recordings.readers import read_recording
     from csfm_edge.runtime.results import compare_results, write_results
     from csfm_edge.runtime.session import Session
 
     if args.out is not None and args.out.suffix.lower() not in (".npz", ".json"):
         raise CsfmError(f"--out must end in .npz or .json, not {args.out.suffix!r}")
-    leads = None if args.leads.strip().lower() == "auto" else [x.strip() for x in args.leads.split(",") if x.strip()]
+    leads = None if args.leads.strip().lower() == "auto" else split_list(args.leads)
     recording = read_recording(args.input, args.fs, leads)
     session = Session.open(args.artifact, provider=args.provider)
     started = time.perf_counter()
@@ -182,12 +174,12 @@ def run(args: argparse.Namespace) -> int:
 
 def _int_list(text: str) -> list[int]:
     try:
-        return [int(v) for v in text.split(",") if v.strip()]
+        return [int(v) for v in split_list(text)]
     except ValueError:
         raise CsfmError(f"expected comma-separated integers, got {text!r}") from None
 
 
-def _bench_flags(p: argparse.ArgumentParser) -> None:
+def bench_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("targets", nargs="+", help="artifacts (.onnx, .plan, PATH@provider) or torch:SIZE / torch-fast:SIZE")
     p.add_argument("--batch", default="1,8", help="comma-separated batch sizes (default 1,8)")
     p.add_argument("--leads", default="ii+ppg,12lead", help="lead sets: ii, ppg, ii+ppg, 12lead, 12lead+ppg")
@@ -199,13 +191,11 @@ def _bench_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", type=Path, default=None, help="results file, rewritten after every case")
 
 
-@command("bench", "benchmark artifacts across batch sizes, lead sets and window lengths", _bench_flags)
 def bench(args: argparse.Namespace) -> int:
     from csfm_edge.bench.runner import BenchConfig, run_bench
-    from csfm_edge.datasets import default_data_dir
+    from csfm_edge.recordings.datasets import default_data_dir
 
-    lead_sets = [s.strip() for s in args.leads.split(",") if s.strip()]
-    record = run_bench(BenchConfig(args.targets, _int_list(args.batch), lead_sets, _int_list(args.time),
+    record = run_bench(BenchConfig(args.targets, _int_list(args.batch), split_list(args.leads), _int_list(args.time),
                                    args.warmup_s, args.duration_s, args.data or default_data_dir(), args.provider,
                                    args.json))
     print(f"{'target':44} {'leads':8} {'batch':>5} {'p50 ms':>9} {'p90 ms':>9} {'win/s':>9} {'cosine':>9}")
@@ -219,12 +209,11 @@ def bench(args: argparse.Namespace) -> int:
     return 0
 
 
-def _report_flags(p: argparse.ArgumentParser) -> None:
+def report_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("results", nargs="+", type=Path, help="bench JSON files (one per machine)")
     p.add_argument("--out", type=Path, required=True, help="folder for report.md and the PNG plots")
 
 
-@command("bench-report", "markdown tables and PNG plots comparing bench results across machines", _report_flags)
 def bench_report(args: argparse.Namespace) -> int:
     from csfm_edge.bench.report import build_report
 
@@ -233,7 +222,7 @@ def bench_report(args: argparse.Namespace) -> int:
     return 0
 
 
-def _triton_repo_flags(p: argparse.ArgumentParser) -> None:
+def triton_repo_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("artifacts", nargs="+", type=Path, help="exported .onnx files (with manifests)")
     p.add_argument("--out", type=Path, required=True, help="model repository folder")
     p.add_argument("--leads", default="ii+ppg,12lead", help="lead sets, one model each (ii, ppg, ii+ppg, 12lead, ...)")
@@ -247,21 +236,18 @@ def _triton_repo_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--force", action="store_true", help="write into a non-empty folder")
 
 
-@command("triton-repo", "write a Triton Inference Server model repository (one model per lead set)",
-         _triton_repo_flags)
 def triton_repo(args: argparse.Namespace) -> int:
     from csfm_edge.serving.triton_repo import TritonRepoRequest, write_repository
 
-    lead_sets = [s.strip() for s in args.leads.split(",") if s.strip()]
-    configs = write_repository(TritonRepoRequest(args.artifacts, args.out, lead_sets, args.platform, args.max_batch,
-                                                 args.max_queue_delay_us, args.instances, args.kind, args.preprocess,
-                                                 args.force))
+    configs = write_repository(TritonRepoRequest(args.artifacts, args.out, split_list(args.leads), args.platform,
+                                                 args.max_batch, args.max_queue_delay_us, args.instances, args.kind,
+                                                 args.preprocess, args.force))
     for config in configs:
         print(f"wrote {config}")
     return 0
 
 
-def _serve_flags(p: argparse.ArgumentParser) -> None:
+def serve_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("artifact", type=Path, help=".onnx or .plan")
     p.add_argument("--port", type=int, default=8000, help="HTTP port (gRPC: port+1, metrics: port+2)")
     p.add_argument("--leads", default="ii+ppg,12lead", help="lead sets, one Triton model each")
@@ -270,11 +256,9 @@ def _serve_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--provider", default=None, help="ONNX Runtime provider or openvino (default: best)")
 
 
-@command("serve", "serve an artifact with NVIDIA Triton (PyTriton) and dynamic batching", _serve_flags)
 def serve(args: argparse.Namespace) -> int:
     from csfm_edge.serving.pytriton_server import ServeRequest, serve_forever
 
-    lead_sets = [s.strip() for s in args.leads.split(",") if s.strip()]
-    serve_forever(ServeRequest(args.artifact, lead_sets, args.port, args.max_batch, args.max_queue_delay_us,
-                               args.provider))
+    serve_forever(ServeRequest(args.artifact, split_list(args.leads), args.port, args.max_batch,
+                               args.max_queue_delay_us, args.provider))
     return 0

@@ -71,6 +71,24 @@ def resolve_leads(leads: str | int | Sequence[str | int]) -> np.ndarray:
     return np.asarray(ids, dtype=np.int64)
 
 
-def lead_names(ids: Sequence[int] | np.ndarray) -> list[str]:
+def lead_names(ids) -> list[str]:
     """CSFM ids -> canonical names, for messages and manifests."""
     return [LEAD_NAMES[int(i)] for i in ids]
+
+
+def lead_set(name: str) -> tuple[int, ...]:
+    """A named lead set (``ii+ppg``, ``12lead``, ...) -> its CSFM ids; an unknown name lists the sets."""
+    key = str(name).strip().lower()
+    if key not in LEAD_SETS:
+        raise LeadError(f"unknown lead set {name!r}; choose from {', '.join(LEAD_SETS)}")
+    return LEAD_SETS[key]
+
+
+def rows_of(channel_ids: Sequence[int] | np.ndarray, wanted: Sequence[int] | np.ndarray) -> list[int]:
+    """The row of each wanted CSFM id in a record whose rows carry ``channel_ids``."""
+    ids = [int(i) for i in np.asarray(channel_ids).ravel()]
+    missing = [LEAD_NAMES[int(i)] for i in wanted if int(i) not in ids]
+    if missing:
+        present = ", ".join(lead_names(i for i in ids if i >= 0))
+        raise LeadError(f"the record has no lead {', '.join(missing)} (it has {present})")
+    return [ids.index(int(i)) for i in wanted]

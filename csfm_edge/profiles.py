@@ -7,12 +7,12 @@ an input's shape. Time is fixed at the 10-s window: the preprocessing pads short
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
-from csfm_edge.config import PATCH_SAMPLES, WINDOW_SAMPLES
-from csfm_edge.errors import CsfmError
-from csfm_edge.export.spec import AxisRange
+from csfm_edge.config import WINDOW_SAMPLES
+from csfm_edge.errors import CsfmError, WindowLengthError
 from csfm_edge.leads import NUM_CHANNEL_TYPES
+from csfm_edge.spec import SPEC, AxisRange, check_window_length
 
 
 @dataclass(frozen=True)
@@ -26,23 +26,15 @@ class Profile:
     def shapes(self) -> dict[str, tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]]:
         """Per input: (min, opt, max) shapes, as ``IOptimizationProfile.set_shape`` takes them."""
         b, c, t = self.batch, self.channels, self.time
-        return {"signal": ((b.min, c.min, t.min), (b.opt, c.opt, t.opt), (b.max, c.max, t.max)),
-                "channel_ids": ((c.min,), (c.opt,), (c.max,))}
+        return {SPEC.signal: ((b.min, c.min, t.min), (b.opt, c.opt, t.opt), (b.max, c.max, t.max)),
+                SPEC.channel_ids: ((c.min,), (c.opt,), (c.max,))}
 
     def contains(self, batch: int, channels: int, time: int) -> bool:
-        return all(r.min <= v <= r.max for r, v in ((self.batch, batch), (self.channels, channels), (self.time, time)))
+        return self.batch.contains(batch) and self.channels.contains(channels) and self.time.contains(time)
 
     def volume(self) -> int:
         return (self.batch.max - self.batch.min + 1) * (self.channels.max - self.channels.min + 1) * \
             (self.time.max - self.time.min + 1)
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> Profile:
-        return cls(d["name"], AxisRange(**d["batch"]), AxisRange(**d["channels"]), AxisRange(**d["time"]),
-                   d.get("description", ""))
 
 
 def _fixed(value: int) -> AxisRange:
@@ -90,8 +82,11 @@ def parse_profile(text: str) -> Profile:
     if axes["channels"].max > NUM_CHANNEL_TYPES:
         raise CsfmError(f"profile channels up to {NUM_CHANNEL_TYPES} (CSFM's channel table)")
     t = axes["time"]
-    if t.max > WINDOW_SAMPLES or any(v % PATCH_SAMPLES for v in (t.min, t.opt, t.max)):
-        raise CsfmError(f"profile time must be multiples of {PATCH_SAMPLES} up to {WINDOW_SAMPLES}")
+    try:
+        for value in (t.min, t.opt, t.max):
+            check_window_length(value)
+    except WindowLengthError as exc:
+        raise CsfmError(f"profile time: {exc}") from None
     return Profile(name, axes["batch"], axes["channels"], axes["time"], "custom")
 
 
@@ -104,3 +99,12 @@ def select_profile(profiles: list[Profile], batch: int, channels: int, time: int
         raise CsfmError(f"input [batch {batch}, channels {channels}, time {time}] fits no profile of this "
                         f"engine ({ranges}); rebuild with a profile that covers it")
     return min(fitting, key=lambda i: profiles[i].volume())
+
+
+def probe_shape(profiles: list[Profile] | None) -> tuple[int, int, int]:
+    """(batch, channels, time) of a probe inference every profile-less artifact and every engine accepts:
+    one 10-s window of one channel, or the smallest shape of an engine's first profile."""
+    if not profiles:
+        return 1, 1, WINDOW_SAMPLES
+    first = profiles[0]
+    return first.batch.min, first.channels.min, first.time.max

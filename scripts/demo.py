@@ -13,9 +13,9 @@ from pathlib import Path
 
 import numpy as np
 
-from csfm_edge.bench.artifacts import ensure_artifacts
+from csfm_edge.export.onnx_export import ensure_artifacts
+from csfm_edge.recordings.sample import sample_ecg
 from csfm_edge.runtime import Session
-from csfm_edge.runtime.samples import sample_ecg
 
 ARTIFACTS = Path(__file__).resolve().parents[1] / "artifacts" / "demo"
 

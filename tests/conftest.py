@@ -33,7 +33,7 @@ def reference_dir() -> Path:
 
 def load_record(path: Path) -> tuple[np.ndarray, float, np.ndarray]:
     """A shared .npz recording without the leads CSFM has no id for: (signal, fs, channel ids)."""
-    from csfm_edge.datasets import read_npz_record
+    from csfm_edge.recordings.datasets import read_npz_record
 
     signal, fs, ids = read_npz_record(path)
     keep = ids >= 0

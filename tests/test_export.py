@@ -17,16 +17,17 @@ from onnx import numpy_helper
 
 from csfm_edge.errors import VerificationError
 from csfm_edge.export.onnx_export import ExportRequest, export
-from csfm_edge.export.spec import SPEC, Tolerance
+from csfm_edge.fileio import sha256_of
 from csfm_edge.model import build
 from csfm_edge.runtime.backends.onnxruntime import OnnxRuntimeBackend
-from csfm_edge.runtime.manifest import read_manifest, sha256_of
+from csfm_edge.runtime.manifest import read_manifest
+from csfm_edge.spec import SPEC, Tolerance
 
 
 def test_files_and_manifests(tiny_artifacts):
     assert set(tiny_artifacts) == {"fp32", "fp16", "int8"}
     for precision, path in tiny_artifacts.items():
-        manifest = read_manifest(path)
+        manifest = read_manifest(path).to_dict()
         assert manifest["precision"] == precision and manifest["model"]["size"] == "tiny"
         assert manifest["weights"] == {"source": "untrained", "seed": 0,
                                        "warning": "UNTRAINED random weights: outputs are meaningless"}
@@ -39,9 +40,9 @@ def test_files_and_manifests(tiny_artifacts):
         assert verification["passed"] and len(verification["cases"]) == 20
         assert {c["case"] for c in verification["cases"]} >= {"real 12lead", "real ii+ppg", "real ii", "real ppg"}
         assert "a103l" in verification["data"]
-    assert read_manifest(tiny_artifacts["int8"])["calibration"]["windows"] > 0
-    assert read_manifest(tiny_artifacts["fp32"])["verification"]["worst"]["max_abs"] <= 1e-4
-    assert read_manifest(tiny_artifacts["fp16"])["verification"]["worst"]["min_mean_cosine"] >= 0.999
+    assert read_manifest(tiny_artifacts["int8"]).calibration["windows"] > 0
+    assert read_manifest(tiny_artifacts["fp32"]).verification["worst"]["max_abs"] <= 1e-4
+    assert read_manifest(tiny_artifacts["fp16"]).verification["worst"]["min_mean_cosine"] >= 0.999
 
 
 def test_graph_interface_is_symbolic_and_checks(tiny_artifacts):
@@ -123,7 +124,7 @@ def test_head_is_exported_as_logits(tmp_path, data_dir):
     torch.save(state, tmp_path / "finetuned.pth")
     [path] = export(ExportRequest(size="tiny", out_dir=tmp_path / "out", checkpoint=tmp_path / "finetuned.pth",
                                   precisions=("fp32",), data_dir=data_dir, progress=quiet))
-    manifest = read_manifest(path)
+    manifest = read_manifest(path).to_dict()
     assert manifest["outputs"]["logits"] == {"dtype": "float32", "dims": ["batch", 2]}
     assert manifest["weights"]["source"] == "checkpoint" and manifest["weights"]["name"] == "finetuned.pth"
     assert manifest["verification"]["cases"][0]["logits_max_abs"] <= 1e-4

@@ -14,7 +14,7 @@ from scipy import signal as sps
 
 from csfm_edge.errors import ArtifactError, CsfmError, LeadError, ShapeError, SignalWarning, WindowLengthError
 from csfm_edge.runtime import Session
-from csfm_edge.runtime.manifest import read_manifest, write_manifest
+from csfm_edge.runtime.manifest import Manifest, read_manifest, write_manifest
 from csfm_edge.runtime.session import StreamLagWarning
 
 
@@ -124,10 +124,11 @@ def test_manifest_problems_are_refused(tiny_artifacts, tmp_path):
     onnx.with_suffix(".json").write_text("{not json")
     with pytest.raises(ArtifactError, match="not readable JSON"):
         Session.open(onnx)
-    manifest = {k: v for k, v in read_manifest(tiny_artifacts["fp32"]).items() if k != "file"}
+    manifest = read_manifest(tiny_artifacts["fp32"]).to_dict()
     manifest["model"] = {**manifest["model"], "size": "large", "dim": 1024}
     manifest["outputs"] = {"features": {"dtype": "float32", "dims": ["batch", 1024]}}
-    write_manifest(onnx, manifest)  # a manifest that matches the file's hash but lies about the model
+    # a manifest that matches the file's hash but lies about the model
+    write_manifest(onnx, Manifest.from_dict(manifest))
     with pytest.raises(ArtifactError, match="manifest claims CSFM large with width 1024"):
         Session.open(onnx)
 

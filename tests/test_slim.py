@@ -7,7 +7,7 @@ import sys
 
 import numpy as np
 
-from csfm_edge.runtime.samples import sample_ecg
+from csfm_edge.recordings.sample import sample_ecg
 
 
 def run_python(code: str) -> str:
@@ -19,7 +19,7 @@ def run_python(code: str) -> str:
 def test_runtime_preprocessing_does_not_import_torch():
     out = run_python(
         "import sys, csfm_edge.runtime as rt\n"
-        "from csfm_edge.runtime.samples import sample_ecg\n"
+        "from csfm_edge.recordings.sample import sample_ecg\n"
         "r = sample_ecg(); x = rt.preprocess(r.signal, r.fs, r.leads)\n"
         "print(x.shape, sorted(m for m in ('torch', 'tensorrt', 'neurokit2', 'pandas') if m in sys.modules))")
     assert out.strip() == "(1, 2500) []"

@@ -3,6 +3,7 @@ time, no GPU needed), profiles, manifests, compatibility checks and clear errors
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import subprocess
 import sys
@@ -11,12 +12,25 @@ import numpy as np
 import pytest
 from conftest import quiet
 
+from csfm_edge.config import SIZES
 from csfm_edge.errors import ArtifactError, BackendUnavailableError, CsfmError
 from csfm_edge.export.tensorrt_build import BuildRequest, build_engine
-from csfm_edge.profiles import PRESETS, Profile, parse_profile, select_profile
+from csfm_edge.profiles import PRESETS, parse_profile, select_profile
 from csfm_edge.runtime.backends.tensorrt import check_engine_fits, plan_buffers
 from csfm_edge.runtime.cuda import GpuInfo
-from csfm_edge.runtime.manifest import read_manifest, write_manifest
+from csfm_edge.runtime.manifest import (
+    GpuRecord,
+    Manifest,
+    ModelInfo,
+    SourceOnnx,
+    TensorRTInfo,
+    model_inputs,
+    model_outputs,
+    preprocessing_record,
+    read_manifest,
+    untrained_weights,
+    write_manifest,
+)
 from csfm_edge.runtime.tensorrt_lib import load_tensorrt
 
 
@@ -50,11 +64,11 @@ def test_every_graph_builds_with_every_preset(tiny_artifacts, tmp_path, precisio
                                      [PRESETS[preset]], target="rtx-sm86", progress=quiet))
     manifest = read_manifest(plan)
     assert plan.stat().st_size > 1_000_000
-    assert manifest["artifact"] == "tensorrt_plan" and manifest["precision"] == precision
-    assert manifest["tensorrt"]["library"] == "tensorrt_rtx" and manifest["tensorrt"]["strongly_typed"]
-    assert manifest["gpu"] == {"name": None, "compute_capability": "8.6", "ahead_of_time": True}
-    assert [Profile.from_dict(p) for p in manifest["profiles"]] == [PRESETS[preset]]
-    assert manifest["source_onnx"]["sha256"] == read_manifest(tiny_artifacts[precision])["file"]["sha256"]
+    assert manifest.artifact == "tensorrt_plan" and manifest.precision == precision
+    assert manifest.tensorrt.library == "tensorrt_rtx" and manifest.tensorrt.strongly_typed
+    assert manifest.gpu == GpuRecord(name=None, compute_capability="8.6", ahead_of_time=True)
+    assert manifest.profiles == [PRESETS[preset]]
+    assert manifest.source_onnx.sha256 == read_manifest(tiny_artifacts[precision]).file.sha256
 
 
 @needs_rtx
@@ -63,8 +77,8 @@ def test_all_presets_in_one_engine_with_timing_cache(tiny_artifacts, tmp_path):
     plan = build_engine(BuildRequest(tiny_artifacts["int8"], tmp_path / "all.plan", target="rtx-sm89",
                                      timing_cache=cache, progress=quiet))
     manifest = read_manifest(plan)
-    assert [p["name"] for p in manifest["profiles"]] == list(PRESETS)
-    assert manifest["timing_cache"] == {"path": str(cache), "used": False,
+    assert [p.name for p in manifest.profiles] == list(PRESETS)
+    assert manifest.timing_cache == {"path": str(cache), "used": False,
                                         "note": "TensorRT for RTX has no timing cache"}
     with pytest.raises(CsfmError, match="already exists"):
         build_engine(BuildRequest(tiny_artifacts["int8"], plan, target="rtx-sm89", progress=quiet))
@@ -77,7 +91,7 @@ def test_graph_with_zero_points_is_rejected(tiny_artifacts, tmp_path):
 
     dynamic = tmp_path / "csfm-tiny.dynamic.onnx"
     quantize_dynamic(str(tiny_artifacts["fp32"]), str(dynamic), weight_type=QuantType.QUInt8)
-    write_manifest(dynamic, {k: v for k, v in read_manifest(tiny_artifacts["fp32"]).items() if k != "file"})
+    write_manifest(dynamic, read_manifest(tiny_artifacts["fp32"]))
     with pytest.raises(ArtifactError, match="TensorRT's ONNX parser rejected csfm-tiny.dynamic.onnx"):
         build_engine(BuildRequest(dynamic, tmp_path / "dynamic.plan", target="rtx-sm86", progress=quiet))
 
@@ -102,14 +116,14 @@ def test_profile_parsing_and_selection():
         select_profile([PRESETS["clinic"]], 1, 2, 2500)
 
 
-def _plan_manifest(library: str = "tensorrt", version: str = "10.3.0", cc: str = "8.7") -> dict:
-    return {"tensorrt": {"library": library, "version": version, "target": "native"},
-            "gpu": {"name": "Orin", "compute_capability": cc}, "source_onnx": {"name": "csfm-tiny.fp16.onnx"},
-            "profiles": [PRESETS["wearable"].to_dict(), PRESETS["bedside"].to_dict()],
-            "inputs": {"signal": {"dtype": "float32", "dims": ["batch", "channels", "time"]},
-                       "channel_ids": {"dtype": "int64", "dims": ["channels"]}},
-            "outputs": {"features": {"dtype": "float32", "dims": ["batch", 768]},
-                        "logits": {"dtype": "float32", "dims": ["batch", 1]}}}
+def _plan_manifest(library: str = "tensorrt", version: str = "10.3.0", cc: str = "8.7") -> Manifest:
+    config = SIZES["tiny"].with_head(1)
+    return Manifest(artifact="tensorrt_plan", precision="fp16", model=ModelInfo.of(config),
+                    weights=untrained_weights(0), inputs=model_inputs(), outputs=model_outputs(config),
+                    preprocessing=preprocessing_record(3), tensorrt=TensorRTInfo(library, version, True, "native"),
+                    gpu=GpuRecord(cc, "Orin"),
+                    source_onnx=SourceOnnx("csfm-tiny.fp16.onnx", "0" * 64, {}),
+                    profiles=[PRESETS["wearable"], PRESETS["bedside"]])
 
 
 def test_engine_compatibility_is_checked():
@@ -163,9 +177,9 @@ def test_native_build_and_plan_run_without_gpu_fail_clearly(tiny_artifacts, tmp_
 def test_corrupt_plan_is_refused(tiny_artifacts, tmp_path):
     plan = tmp_path / "corrupt.plan"
     plan.write_bytes(b"\x00" * 4096)
-    manifest = _plan_manifest()
-    manifest.update({k: v for k, v in read_manifest(tiny_artifacts["fp16"]).items()
-                     if k in ("model", "weights", "precision", "preprocessing", "channel_ids")})
+    fp16 = read_manifest(tiny_artifacts["fp16"])
+    manifest = dataclasses.replace(_plan_manifest(), model=fp16.model, weights=fp16.weights, precision=fp16.precision,
+                                   preprocessing=fp16.preprocessing, channel_ids=fp16.channel_ids)
     write_manifest(plan, manifest)
     done = _cli("verify", str(plan))
     assert done.returncode == 1 and "Traceback" not in done.stderr

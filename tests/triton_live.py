@@ -17,7 +17,7 @@ import numpy as np
 import tritonclient.http as http
 from tritonclient.utils import InferenceServerException
 
-from csfm_edge.datasets import lead_set_batches, real_batch
+from csfm_edge.recordings.datasets import lead_set_batches, real_batch
 from csfm_edge.serving.pytriton_server import ServeRequest, start
 from csfm_edge.serving.triton_repo import model_name
 
@@ -31,7 +31,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="csfm-triton-") as workspace:
         triton, session, log = start(ServeRequest(artifact, ["ii+ppg"], port, max_batch=16, max_queue_delay_us=20000,
                                                   provider="cpu"), Path(workspace))
-        name = model_name(session.model["size"], session.precision, "ii+ppg")
+        name = model_name(session.model.size, session.precision, "ii+ppg")
         try:
             windows = real_batch(lead_set_batches(data_dir), ids, REQUESTS)
             windows += np.linspace(0, 0.01, REQUESTS, dtype=np.float32)[:, None, None]  # every request distinct
@@ -52,7 +52,7 @@ def main() -> None:
             errors = {}
             for case, kwargs in {"wrong_shape": {"data": np.zeros((1, 3, 2500), np.float32)},
                                  "wrong_dtype": {"data": np.zeros((1, 2, 2500), np.float64)},
-                                 "lead_set_not_served": {"model": model_name(session.model["size"], session.precision,
+                                 "lead_set_not_served": {"model": model_name(session.model.size, session.precision,
                                                                              "12lead")}}.items():
                 try:
                     infer(0, **kwargs)

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from csfm_edge import __version__
-from csfm_edge.commands import package_versions
+from csfm_edge.environment import installed_versions
 
 
 def _run(*cmd: str) -> str | None:
@@ -71,6 +71,6 @@ def machine_record() -> dict:
         "hostname": platform.node(), "cpu": cpu_model(), "cores": os.cpu_count(),
         "memory_gib": round(memory / 2**30, 1) if memory else None, "gpu": gpu_record(),
         "os": platform.platform(), "python": platform.python_version(),
-        "packages": {k: v for k, v in package_versions().items() if v}, "csfm_edge": __version__,
+        "packages": installed_versions(), "csfm_edge": __version__,
         "git_commit": git_commit(), "cpu_peak_gflops_fp32": round(cpu_peak_gflops(), 1),
     }

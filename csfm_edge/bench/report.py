@@ -12,7 +12,7 @@ from collections import defaultdict
 from pathlib import Path
 
 from csfm_edge.errors import CsfmError, InputFileError
-from csfm_edge.runtime.manifest import write_atomically
+from csfm_edge.fileio import write_atomically
 
 
 def machine_label(machine: dict) -> str:

@@ -26,15 +26,17 @@ import numpy as np
 from csfm_edge.bench.flops import published_peak, window_flops
 from csfm_edge.bench.machine import machine_record
 from csfm_edge.bench.timing import measure
-from csfm_edge.config import SIZES, CSFMConfig
-from csfm_edge.datasets import LeadSetBatch, lead_set_batches, real_batch
-from csfm_edge.errors import CsfmError
-from csfm_edge.leads import LEAD_SETS
+from csfm_edge.config import CSFMConfig, size_config
+from csfm_edge.errors import CsfmError, LeadError
+from csfm_edge.fileio import write_atomically
+from csfm_edge.leads import lead_set, rows_of
+from csfm_edge.metrics import cosine_rows
 from csfm_edge.progress import console_progress
+from csfm_edge.recordings.datasets import LeadSetBatch, lead_set_batches, real_batch
 from csfm_edge.runtime.backends.base import Backend
-from csfm_edge.runtime.manifest import read_manifest, write_atomically
+from csfm_edge.runtime.manifest import ModelInfo, WeightsInfo, read_manifest
 from csfm_edge.runtime.preprocess import preprocess
-from csfm_edge.runtime.results import cosine_rows
+from csfm_edge.spec import SPEC
 
 TORCH_TARGETS = {"torch": "PyTorch eager fp32 (the authors' way)",
                  "torch-fast": "PyTorch fused attention + bf16 autocast"}
@@ -46,9 +48,9 @@ class Target:
 
     spec: str
     label: str
-    size: str
+    model: ModelInfo
     precision: str
-    weights: dict
+    weights: WeightsInfo
     open: Callable[[], Backend]
 
 
@@ -57,20 +59,19 @@ def resolve_target(spec: str, provider: str | None = None) -> Target:
     for CUDA-graph replay), or ``torch:SIZE`` / ``torch-fast:SIZE``."""
     kind, _, rest = spec.partition(":")
     if kind in TORCH_TARGETS and rest:
-        size = rest.lower()
-        if size not in SIZES:
-            raise CsfmError(f"{spec}: unknown size {rest!r}")
+        config = size_config(rest)
 
         def open_torch() -> Backend:
             from csfm_edge.model import build, fused_attention, math_attention
             from csfm_edge.runtime.backends.torch_ref import TorchBackend
 
             fast = kind == "torch-fast"
-            model = build(size, seed=0, attention=fused_attention if fast else math_attention)
+            model = build(config, seed=0, attention=fused_attention if fast else math_attention)
             return TorchBackend(model, bf16_autocast=fast)
 
         precision = "bf16" if kind == "torch-fast" else "fp32"
-        return Target(spec, TORCH_TARGETS[kind], size, precision, {"source": "untrained", "seed": 0}, open_torch)
+        return Target(spec, TORCH_TARGETS[kind], ModelInfo.of(config), precision, WeightsInfo("untrained", seed=0),
+                      open_torch)
     path_text, _, chosen = spec.partition("@")
     path = Path(path_text)
     manifest = read_manifest(path)
@@ -85,7 +86,7 @@ def resolve_target(spec: str, provider: str | None = None) -> Target:
         return open_backend(path, manifest, chosen or provider)
 
     label = f"{path.name}" + (f" @{chosen or provider}" if (chosen or provider) else "")
-    return Target(spec, label, manifest["model"]["size"], manifest["precision"], manifest["weights"], open_artifact)
+    return Target(spec, label, manifest.model, manifest.precision, manifest.weights, open_artifact)
 
 
 _TEGRA_POWER = re.compile(r"(?:VDD_IN|POM_5V_IN) (\d+)m?W?/")
@@ -173,15 +174,16 @@ class BenchConfig:
 
 def _raw_windows(data_dir: Path | None, ids: np.ndarray) -> tuple[np.ndarray, float]:
     """A raw 10-s record with these leads (for timing preprocessing): shared data, else the sample ECG."""
-    from csfm_edge.datasets import read_npz_record
-    from csfm_edge.runtime.samples import sample_ecg
+    from csfm_edge.recordings.datasets import read_npz_record
+    from csfm_edge.recordings.sample import sample_ecg
 
     if data_dir is not None:
         for name in ("E07500", "a103l"):
             signal, fs, file_ids = read_npz_record(Path(data_dir) / f"{name}.npz")
-            if all(i in file_ids for i in ids):
-                rows = [int(np.flatnonzero(file_ids == i)[0]) for i in ids]
-                return signal[rows, : int(10 * fs)], fs
+            try:
+                return signal[rows_of(file_ids, ids), : int(10 * fs)], fs
+            except LeadError:
+                continue
     recording = sample_ecg()
     return np.repeat(recording.signal[:, : int(10 * recording.fs)], len(ids), axis=0), recording.fs
 
@@ -205,25 +207,25 @@ class BenchRun:
         if self.config.json_out is not None:
             write_atomically(self.config.json_out, (json.dumps(self.record, indent=1, default=float) + "\n").encode())
 
-    def _reference(self, target: Target, lead_set: str) -> np.ndarray:
+    def _reference(self, target: Target, lead_set_name: str) -> np.ndarray:
         """fp32 PyTorch features of the real windows for this lead set, for the target's weights."""
-        key = (target.size, json.dumps(target.weights, sort_keys=True), lead_set)
+        key = (target.model, target.weights, lead_set_name)
         if key not in self._reference_cache:
-            from csfm_edge.export.reverify import reference_model
+            from csfm_edge.model import rebuild_weights
             from csfm_edge.runtime.backends.torch_ref import TorchBackend
 
-            model = reference_model({"weights": target.weights, "model": {"size": target.size}}, None)
-            ids = np.asarray(LEAD_SETS[lead_set], dtype=np.int64)
-            feed = {"signal": real_batch(self.batches, ids, 4), "channel_ids": ids}
-            self._reference_cache[key] = TorchBackend(model).run(feed)["features"]
+            model = rebuild_weights(target.model.config(), target.weights.source, seed=target.weights.seed)
+            ids = np.asarray(lead_set(lead_set_name), dtype=np.int64)
+            feed = SPEC.feed(real_batch(self.batches, ids, 4), ids)
+            self._reference_cache[key] = TorchBackend(model).run(feed)[SPEC.features]
         return self._reference_cache[key]
 
-    def _accuracy(self, target: Target, backend: Backend, lead_set: str) -> float | None:
-        if target.weights.get("source") == "checkpoint":
+    def _accuracy(self, target: Target, backend: Backend, lead_set_name: str) -> float | None:
+        if not target.weights.untrained:
             return None  # the checkpoint file is not named in a bench run; accuracy lives in the manifest
-        ids = np.asarray(LEAD_SETS[lead_set], dtype=np.int64)
-        got = backend.run({"signal": real_batch(self.batches, ids, 4), "channel_ids": ids})["features"]
-        ref = self._reference(target, lead_set)
+        ids = np.asarray(lead_set(lead_set_name), dtype=np.int64)
+        got = backend.run(SPEC.feed(real_batch(self.batches, ids, 4), ids))[SPEC.features]
+        ref = self._reference(target, lead_set_name)
         return float(cosine_rows(got, ref).min())
 
     def run(self) -> dict:
@@ -242,10 +244,10 @@ class BenchRun:
                 self.save()
                 continue
             try:
-                for batch, lead_set, time_len in shapes:
+                for batch, set_name, time_len in shapes:
                     done += 1
-                    self.say(f"[bench] [{done}/{total}] {target.label}: {lead_set} batch {batch} time {time_len}")
-                    self.record["results"].append(self._case(target, backend, batch, lead_set, time_len))
+                    self.say(f"[bench] [{done}/{total}] {target.label}: {set_name} batch {batch} time {time_len}")
+                    self.record["results"].append(self._case(target, backend, batch, set_name, time_len))
                     self.save()
             except CsfmError as exc:
                 self.record["skipped"].append({"target": spec, "reason": str(exc)})
@@ -255,12 +257,10 @@ class BenchRun:
             self.save()
         return self.record
 
-    def _case(self, target: Target, backend: Backend, batch: int, lead_set: str, time_len: int) -> dict:
+    def _case(self, target: Target, backend: Backend, batch: int, lead_set_name: str, time_len: int) -> dict:
         config = self.config
-        if lead_set not in LEAD_SETS:
-            raise CsfmError(f"unknown lead set {lead_set!r}; choose from {', '.join(LEAD_SETS)}")
-        ids = np.asarray(LEAD_SETS[lead_set], dtype=np.int64)
-        feed = {"signal": real_batch(self.batches, ids, batch, time_len), "channel_ids": ids}
+        ids = np.asarray(lead_set(lead_set_name), dtype=np.int64)
+        feed = SPEC.feed(real_batch(self.batches, ids, batch, time_len), ids)
         with PowerSampler() as power:
             latency = measure(lambda: backend.run(feed), warmup_s=config.warmup_s, duration_s=config.duration_s)
         device_only = None
@@ -270,7 +270,7 @@ class BenchRun:
         pre = measure(lambda: preprocess(raw, fs, ids), warmup_s=0.1, duration_s=min(config.duration_s, 1.0))
         per_batch_pre_ms = pre.median_ms * batch
         windows_per_s = batch / (latency.median_ms / 1000)
-        model: CSFMConfig = SIZES[target.size]
+        model: CSFMConfig = target.model.config()
         flops = window_flops(model, len(ids), time_len)
         machine = self.record["machine"]
         gpu_name = (machine.get("gpu") or {}).get("name")
@@ -285,8 +285,8 @@ class BenchRun:
         rss_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         energy = None if power.average_w is None else power.average_w * latency.median_ms / batch  # mJ
         return {
-            "target": target.spec, "label": target.label, "backend": backend.describe(), "size": target.size,
-            "precision": target.precision, "lead_set": lead_set, "channels": len(ids), "batch": batch,
+            "target": target.spec, "label": target.label, "backend": backend.describe(), "size": target.model.size,
+            "precision": target.precision, "lead_set": lead_set_name, "channels": len(ids), "batch": batch,
             "time": time_len, "latency_ms": latency.to_dict(),
             "device_only_latency_ms": None if device_only is None else device_only.to_dict(),
             "throughput": {"windows_per_s": windows_per_s,
@@ -295,7 +295,7 @@ class BenchRun:
             "preprocess_ms_per_window": pre.median_ms,
             "end_to_end_ms": per_batch_pre_ms + latency.median_ms,
             "preprocess_share": per_batch_pre_ms / (per_batch_pre_ms + latency.median_ms),
-            "accuracy_min_cosine_vs_fp32": self._accuracy(target, backend, lead_set),
+            "accuracy_min_cosine_vs_fp32": self._accuracy(target, backend, lead_set_name),
             "flops_per_window": flops, "achieved_tflops": achieved,
             "peak_tflops": peak, "peak_source": peak_source,
             "fraction_of_peak": achieved / peak if peak else None,

@@ -12,9 +12,10 @@ from pathlib import Path
 import numpy as np
 from onnxruntime.quantization import CalibrationDataReader
 
-from csfm_edge.datasets import LeadSetBatch, lead_set_batches
 from csfm_edge.errors import CsfmError
-from csfm_edge.runtime.manifest import sha256_of
+from csfm_edge.fileio import sha256_of
+from csfm_edge.recordings.datasets import LeadSetBatch, lead_set_batches
+from csfm_edge.spec import SPEC
 
 
 class RecordingCalibrationReader(CalibrationDataReader):
@@ -22,7 +23,7 @@ class RecordingCalibrationReader(CalibrationDataReader):
 
     def __init__(self, batches: list[LeadSetBatch]):
         self.batches = batches
-        self.feeds = [{"signal": b.signal[k: k + 1], "channel_ids": b.channel_ids}
+        self.feeds = [SPEC.feed(b.signal[k: k + 1], b.channel_ids)
                       for b in batches for k in range(len(b.signal))]
         if not self.feeds:
             raise CsfmError("calibration set is empty: no windows could be read from the calibration data")

@@ -12,15 +12,15 @@ from __future__ import annotations
 
 import logging
 import tempfile
-import warnings
 from pathlib import Path
 
 import onnx
 import torch
 from onnxruntime.quantization import QuantType, quantize_dynamic
 
-from csfm_edge.export.spec import SPEC
+from csfm_edge.export.graph import Outputs, finish_graph, trace
 from csfm_edge.model import CSFM, build, fused_attention
+from csfm_edge.spec import SPEC
 
 CPU_PRECISIONS = ("cpu-fp32", "cpu-int8")
 
@@ -45,19 +45,11 @@ def onnxruntime_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, hea
 
 def export_cpu(model: CSFM, precision: str, out_path: Path, opset: int = SPEC.opset) -> dict:
     """Write the CPU graph for ``precision``; return how it was made, for the manifest."""
-    from csfm_edge.export.onnx_export import Outputs, finish_graph
-
     cpu_model = build(model.config, attention=onnxruntime_attention)
     cpu_model.load_state_dict(model.state_dict())
-    names = [SPEC.feature_output] + ([SPEC.logits_output] if model.head is not None else [])
     with tempfile.TemporaryDirectory() as tmp:
         traced = Path(tmp) / "traced.onnx"
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            torch.onnx.export(Outputs(cpu_model).eval(), (torch.zeros(2, 2, 2500), torch.tensor([1, 12])),
-                              str(traced), dynamo=False, opset_version=opset, input_names=list(SPEC.input_names),
-                              output_names=names, dynamic_axes=SPEC.dynamic_axes(model.config.head_classes),
-                              custom_opsets={"com.microsoft": 1})
+        trace(Outputs(cpu_model), model.config, traced, opset, custom_opsets={"com.microsoft": 1})
         finish_graph(traced, model.config, full_check=False)  # ONNX's checker does not know contrib ops
         if precision == "cpu-fp32":
             onnx.save(onnx.load(str(traced)), str(out_path))

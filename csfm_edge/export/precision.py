@@ -45,6 +45,10 @@ def to_int8(fp32_path: Path, out_path: Path, reader: RecordingCalibrationReader,
         raise CsfmError(f"unknown calibration method {method!r}; choose {', '.join(CALIBRATION_METHODS)}")
     with tempfile.TemporaryDirectory() as tmp:
         prepared = Path(tmp) / "prepared.onnx"
+        # skip_symbolic_shape must stay True: ONNX Runtime's symbolic shape inference fails on the dynamic
+        # graph and, on its way out, writes the model's weights as ``<uuid>.data`` into the *current*
+        # folder (that is how a 73 MB stray file once reached the repository). ONNX shape inference,
+        # which quant_pre_process still runs, is enough for quantize_static.
         quant_pre_process(str(fp32_path), str(prepared), skip_symbolic_shape=True)
         # Not CalibMaxIntermediateOutputs: in onnxruntime 1.32 it discards the collected batches
         # before computing their ranges ("No data is collected."). Calibration memory therefore grows

@@ -7,16 +7,18 @@ compiles ahead of time with TensorRT for RTX, without a GPU; ``native`` builds f
 
 from __future__ import annotations
 
-import datetime as dt
+import dataclasses
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from csfm_edge.environment import installed_versions
 from csfm_edge.errors import ArtifactError, BackendUnavailableError, CsfmError
+from csfm_edge.fileio import sha256_of, write_atomically
 from csfm_edge.profiles import PRESETS, Profile
 from csfm_edge.progress import console_progress
-from csfm_edge.runtime.manifest import read_manifest, sha256_of, write_atomically, write_manifest
+from csfm_edge.runtime.manifest import GpuRecord, SourceOnnx, TensorRTInfo, now, read_manifest, write_manifest
 from csfm_edge.runtime.tensorrt_lib import RTX, library_for_target, load_tensorrt
 
 
@@ -36,11 +38,11 @@ class BuildRequest:
         return self.out or self.onnx.with_name(f"{self.onnx.stem}{suffix}.plan")
 
 
-def _gpu_record(target: str) -> dict:
+def _gpu_record(target: str) -> GpuRecord:
     """The GPU the engine is for: the one present (native) or the RTX compute capability named."""
     if target != "native":
         sm = target.removeprefix("rtx-sm")
-        return {"name": None, "compute_capability": f"{sm[:-1]}.{sm[-1]}", "ahead_of_time": True}
+        return GpuRecord(f"{sm[:-1]}.{sm[-1]}", None, ahead_of_time=True)
     from csfm_edge.runtime.cuda import cuda_api
 
     try:
@@ -48,7 +50,7 @@ def _gpu_record(target: str) -> dict:
     except BackendUnavailableError as exc:
         raise BackendUnavailableError(f"a native build needs this machine's GPU ({exc}); without one, build ahead "
                                       "of time for an RTX GPU with --target rtx-smXX (TensorRT for RTX)") from None
-    return {"name": gpu.name, "compute_capability": gpu.compute_capability, "ahead_of_time": False}
+    return GpuRecord(gpu.compute_capability, gpu.name)
 
 
 def _timing_cache_record(path: Path | None, used: bool) -> dict | None:
@@ -71,7 +73,7 @@ def build_engine(request: BuildRequest) -> Path:
     gpu = _gpu_record(request.target)
     say = request.progress
     say(f"[build] {request.onnx.name} with {trt.library} {trt.version} for "
-        f"{gpu['name'] or 'compute capability ' + gpu['compute_capability']}, profiles "
+        f"{gpu.name or 'compute capability ' + gpu.compute_capability}, profiles "
         + ", ".join(p.name for p in request.profiles))
 
     logger = trt.logger(ignore=trt.ahead_of_time_noise(request.target))
@@ -86,7 +88,7 @@ def build_engine(request: BuildRequest) -> Path:
     config = builder.create_builder_config()
     if request.workspace_mb is not None:
         config.set_memory_pool_limit(trt.module.MemoryPoolType.WORKSPACE, request.workspace_mb << 20)
-    trt.weakly_typed_precision_flags(config, onnx_manifest["precision"])
+    trt.weakly_typed_precision_flags(config, onnx_manifest.precision)
     trt.set_target(config, request.target)
     for profile in request.profiles:
         optimization_profile = builder.create_optimization_profile()
@@ -110,20 +112,14 @@ def build_engine(request: BuildRequest) -> Path:
     write_atomically(plan, bytes(serialized))
     if use_cache:
         write_atomically(request.timing_cache, bytes(config.get_timing_cache().serialize()))
-    write_manifest(plan, {
-        "artifact": "tensorrt_plan",
-        "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        "model": onnx_manifest["model"], "weights": onnx_manifest["weights"],
-        "precision": onnx_manifest["precision"],
-        "tensorrt": {"library": trt.library, "version": trt.version, "strongly_typed": bool(trt.network_flags()),
-                     "target": request.target, "workspace_mb": request.workspace_mb},
-        "gpu": gpu,
-        "profiles": [p.to_dict() for p in request.profiles],
-        "inputs": onnx_manifest["inputs"], "outputs": onnx_manifest["outputs"],
-        "channel_ids": onnx_manifest["channel_ids"], "preprocessing": onnx_manifest["preprocessing"],
-        "source_onnx": {"name": request.onnx.name, "sha256": sha256_of(request.onnx), "manifest": onnx_manifest},
-        "build_seconds": round(seconds, 2),
-        "timing_cache": _timing_cache_record(request.timing_cache, use_cache),
-    })
+    source = dataclasses.replace(onnx_manifest, file=None).to_dict()
+    write_manifest(plan, dataclasses.replace(
+        onnx_manifest, artifact="tensorrt_plan", created=now(),
+        tensorrt=TensorRTInfo(trt.library, trt.version, bool(trt.network_flags()), request.target,
+                              request.workspace_mb),
+        gpu=gpu, profiles=list(request.profiles), tools=installed_versions(),
+        source_onnx=SourceOnnx(request.onnx.name, sha256_of(request.onnx), source),
+        build_seconds=round(seconds, 2), timing_cache=_timing_cache_record(request.timing_cache, use_cache),
+        verification=None, calibration=None))
     say(f"[build] wrote {plan.name} ({plan.stat().st_size / 1e6:.1f} MB) in {seconds:.1f} s")
     return plan

@@ -13,12 +13,10 @@ from pathlib import Path
 
 import numpy as np
 
-from csfm_edge.datasets import lead_set_batches, shaped_batch
-from csfm_edge.export.spec import SPEC, Tolerance
+from csfm_edge.metrics import cosine_rows
+from csfm_edge.recordings.datasets import lead_set_batches, shaped_batch
 from csfm_edge.runtime.backends.base import Backend
-from csfm_edge.runtime.results import cosine_rows
-
-SHAPE_GRID = {"batch": (1, 4), "channels": (1, 2, 12, 13), "time": (2500, 1250)}
+from csfm_edge.spec import SPEC, Tolerance
 
 
 @dataclass(frozen=True)
@@ -28,7 +26,7 @@ class Case:
     channel_ids: np.ndarray
 
     def feed(self) -> dict[str, np.ndarray]:
-        return {"signal": self.signal, "channel_ids": self.channel_ids}
+        return SPEC.feed(self.signal, self.channel_ids)
 
 
 @dataclass(frozen=True)
@@ -74,13 +72,13 @@ class Verification:
 def compare(name: str, shape: tuple[int, ...], reference: dict[str, np.ndarray],
             candidate: dict[str, np.ndarray]) -> CaseResult:
     """Features (and logits when both have them): max abs error and per-sample cosine. NaN fails."""
-    ref, got = reference["features"], candidate["features"]
+    ref, got = reference[SPEC.features], candidate[SPEC.features]
     if ref.shape != got.shape:
         return CaseResult(name, list(shape), float("inf"), float("-inf"), float("-inf"))
     cos = cosine_rows(ref, got)
     logits = None
-    if "logits" in reference and "logits" in candidate:
-        logits = float(np.abs(reference["logits"] - candidate["logits"]).max())
+    if SPEC.logits in reference and SPEC.logits in candidate:
+        logits = float(np.abs(reference[SPEC.logits] - candidate[SPEC.logits]).max())
     return CaseResult(name, list(shape), float(np.abs(ref - got).max()), float(cos.mean()), float(cos.min()), logits)
 
 
@@ -88,9 +86,10 @@ def verification_cases(data_dir: Path | None) -> tuple[list[Case], str]:
     """Real lead-set batches, then the shape grid (batch x channels x time) built from real windows."""
     batches = lead_set_batches(data_dir)
     cases = [Case(f"real {b.name}", b.signal, b.channel_ids) for b in batches]
-    for batch in SHAPE_GRID["batch"]:
-        for channels in SHAPE_GRID["channels"]:
-            for time in SHAPE_GRID["time"]:
+    grid = SPEC.verification_grid
+    for batch in grid["batch"]:
+        for channels in grid["channels"]:
+            for time in grid["time"]:
                 signal, ids = shaped_batch(batches, batch, channels, time)
                 cases.append(Case(f"B{batch} C{channels} T{time}", signal, ids))
     return cases, "; ".join(b.source for b in batches)

@@ -15,8 +15,8 @@ import torch
 
 from csfm_edge.config import HEAD_WIDTH, CSFMConfig, matching_size, size_config
 from csfm_edge.errors import CheckpointError
+from csfm_edge.fileio import sha256_of
 from csfm_edge.model.csfm import CSFM, AttentionCore, math_attention
-from csfm_edge.runtime.manifest import sha256_of
 
 # Pretraining-decoder and text-branch parameters: present in real checkpoints, unused for signals.
 IGNORED_PREFIXES = (
@@ -146,3 +146,21 @@ def load_checkpoint(path: str | Path, size: str | None = None, *, attention: Att
     model.load_report = LoadReport(str(path), digest, config.name, config,
                                    loaded=sorted(expected), ignored=sorted(ignored + unexpected))
     return model.eval()
+
+
+def rebuild_weights(config: CSFMConfig, source: str, *, seed: int | None = None, sha256: str | None = None,
+                    name: str | None = None, checkpoint: str | Path | None = None) -> CSFM:
+    """The weights an artifact was made from: the same seed, or the same checkpoint (sha256 checked).
+
+    ``source`` is ``"untrained"`` (rebuilt from ``seed``) or ``"checkpoint"`` (``checkpoint`` must be
+    the file whose sha256 the artifact recorded).
+    """
+    if source == "untrained":
+        return build(config, seed=seed)
+    if checkpoint is None:
+        raise CheckpointError(f"the artifact was exported from {name}: pass --checkpoint")
+    model = load_checkpoint(checkpoint)
+    if model.load_report.sha256 != sha256:
+        raise CheckpointError(f"{Path(checkpoint).name} is not the checkpoint the artifact was exported from "
+                              f"({name}, sha256 {str(sha256)[:12]}...)")
+    return model

@@ -18,19 +18,10 @@ from csfm_edge.config import (
     LAYERNORM_EPS,
     MAX_PATCHES,
     PATCH_SAMPLES,
-    WINDOW_SAMPLES,
     CSFMConfig,
 )
-from csfm_edge.errors import WindowLengthError
 from csfm_edge.leads import NUM_CHANNEL_TYPES
-
-
-def check_window_length(samples: int) -> None:
-    """Refuse time axes the model cannot patch: any multiple of 25 from 25 to 2500 is allowed."""
-    if samples % PATCH_SAMPLES or not PATCH_SAMPLES <= samples <= WINDOW_SAMPLES:
-        raise WindowLengthError(
-            f"time axis of {samples} samples: CSFM takes multiples of {PATCH_SAMPLES} from "
-            f"{PATCH_SAMPLES} to {WINDOW_SAMPLES} samples (0.1-10 s at 250 Hz)")
+from csfm_edge.spec import check_window_length
 
 
 class Patchify(nn.Module):

@@ -20,10 +20,6 @@ class GpuInfo:
     compute_capability: str  # "8.6"
     memory_bytes: int
 
-    @property
-    def sm(self) -> str:
-        return "sm" + self.compute_capability.replace(".", "")
-
 
 def _cudart():
     try:

@@ -1,37 +1,298 @@
-"""Artifact manifests: the JSON beside every exported file that says what it is.
+"""Artifact manifests: the record that says what an exported file is. The only code that knows its JSON.
 
-Written by the exporter and the TensorRT builder, read by every runtime backend. A file whose
-manifest is missing, unreadable, of another format version, or whose sha256 differs from the file's
-is refused: a deployed artifact must explain itself, and a mismatch must not run.
+Written by the exporter, the TensorRT builder and the Triton repository writer; read by every
+backend. :class:`Manifest` is typed: reading validates every field (a missing or mistyped one is an
+:class:`ArtifactError` naming it), and everything else reads attributes, never dict keys. A file whose
+manifest is missing, of another layout version, or whose sha256 differs from the file's is refused:
+a deployed artifact must explain itself, and a mismatch must not run.
 """
 
 from __future__ import annotations
 
-import hashlib
+import dataclasses
+import datetime as dt
 import json
-import os
+import types
+import typing
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, Union
 
+from csfm_edge.config import CSFMConfig, matching_size
 from csfm_edge.errors import ArtifactError
+from csfm_edge.fileio import sha256_of, write_atomically
+from csfm_edge.profiles import Profile
+from csfm_edge.runtime.preprocess import preprocessing_parameters
+from csfm_edge.spec import SPEC
 
-MANIFEST_VERSION = 1
+MANIFEST_VERSION = 2
 
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """The encoder's widths; ``size`` is tiny/base/large, or a ``custom-...`` name."""
+
+    size: str
+    dim: int
+    depth: int
+    heads: int
+    mlp_dim: int
+    head_classes: int
+    family: str = "CSFM"
+
+    @classmethod
+    def of(cls, config: CSFMConfig, size: str | None = None) -> ModelInfo:
+        return cls(size or config.name or custom_name(config), config.dim, config.depth, config.heads,
+                   config.mlp_dim, config.head_classes)
+
+    def config(self) -> CSFMConfig:
+        config = CSFMConfig(self.dim, self.depth, self.heads, self.mlp_dim, self.head_classes)
+        return dataclasses.replace(config, name=matching_size(config))
+
+
+def custom_name(config: CSFMConfig) -> str:
+    """A name for an architecture that is none of the released sizes: ``custom-d64x2``."""
+    return f"custom-d{config.dim}x{config.depth}"
+
+
+@dataclass(frozen=True)
+class WeightsInfo:
+    """``untrained`` (seeded random weights) or ``checkpoint`` (file name and sha256)."""
+
+    source: str
+    seed: int | None = None
+    name: str | None = None
+    sha256: str | None = None
+    keys_loaded: int | None = None
+    keys_ignored: int | None = None
+    warning: str | None = None
+
+    @property
+    def untrained(self) -> bool:
+        return self.source == "untrained"
+
+    def describe(self) -> str:
+        if self.untrained:
+            return f"UNTRAINED random, seed {self.seed}"
+        return f"{self.name} (sha256 {str(self.sha256)[:16]}...)"
+
+
+def untrained_weights(seed: int | None) -> WeightsInfo:
+    return WeightsInfo("untrained", seed=seed, warning="UNTRAINED random weights: outputs are meaningless")
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    dtype: str
+    dims: list[str | int]
+    ranges: dict[str, dict[str, int]] | None = None
+
+    @property
+    def width(self) -> int:
+        """The fixed last dimension of an output ([batch, width])."""
+        return int(self.dims[-1])
+
+
+@dataclass(frozen=True)
+class PreprocessingInfo:
+    """Everything that defines the preprocessing (see :func:`csfm_edge.runtime.preprocess.preprocessing_parameters`)."""
+
+    sample_rate_hz: float
+    window_samples: int
+    resample: str
+    ecg: dict[str, Any]
+    ppg: dict[str, Any]
+    zscore_eps: float
+    flat_std: float
+    pad: str
+
+    @property
+    def ppg_order(self) -> int:
+        order = self.ppg.get("order")
+        if not isinstance(order, int) or isinstance(order, bool) or not 1 <= order <= 8:
+            raise ArtifactError(f"manifest field preprocessing.ppg.order is {order!r}: expected an integer 1..8")
+        return order
+
+
+@dataclass(frozen=True)
+class FileInfo:
+    name: str
+    bytes: int
+    sha256: str
+
+
+@dataclass(frozen=True)
+class TensorRTInfo:
+    library: str
+    version: str
+    strongly_typed: bool
+    target: str
+    workspace_mb: int | None = None
+    tf32: bool | None = None
+
+
+@dataclass(frozen=True)
+class GpuRecord:
+    compute_capability: str
+    name: str | None = None
+    ahead_of_time: bool = False
+
+
+@dataclass(frozen=True)
+class SourceOnnx:
+    name: str
+    sha256: str
+    manifest: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """What an artifact is: model, weights, precision and how it was made, tensors, preprocessing, checks."""
+
+    artifact: str  # "onnx", "tensorrt_plan" or "checkpoint"
+    precision: str
+    model: ModelInfo
+    weights: WeightsInfo
+    inputs: dict[str, TensorInfo]
+    outputs: dict[str, TensorInfo]
+    preprocessing: PreprocessingInfo
+    created: str = ""
+    precision_detail: dict[str, Any] = field(default_factory=dict)
+    opset: int | None = None
+    channel_ids: dict[str, int] = field(default_factory=dict)
+    tools: dict[str, str] = field(default_factory=dict)
+    calibration: dict[str, Any] | None = None
+    verification: dict[str, Any] | None = None
+    tensorrt: TensorRTInfo | None = None
+    gpu: GpuRecord | None = None
+    profiles: list[Profile] | None = None
+    source_onnx: SourceOnnx | None = None
+    build_seconds: float | None = None
+    timing_cache: dict[str, Any] | None = None
+    file: FileInfo | None = None
+    manifest_version: int = MANIFEST_VERSION
+
+    @property
+    def output_names(self) -> list[str]:
+        return list(self.outputs)
+
+    @property
+    def has_head(self) -> bool:
+        return SPEC.logits in self.outputs
+
+    def to_dict(self) -> dict:
+        return _to_json(self)
+
+    @classmethod
+    def from_dict(cls, data: Any, where: str = "manifest") -> Manifest:
+        if not isinstance(data, dict):
+            raise ArtifactError(f"{where} is not a JSON object")
+        if data.get("manifest_version") != MANIFEST_VERSION:
+            raise ArtifactError(f"{where} is not a csfm-edge manifest of layout version {MANIFEST_VERSION} "
+                                f"(found {data.get('manifest_version')!r}): re-export the artifact")
+        return _from_json(cls, data, where)
+
+    def with_file(self, artifact: Path) -> Manifest:
+        """This manifest describing ``artifact`` (name, size, sha256), as written beside it."""
+        return dataclasses.replace(self, file=FileInfo(artifact.name, artifact.stat().st_size, sha256_of(artifact)))
+
+    def differences(self, other: Manifest) -> list[str]:
+        """Top-level fields (``file`` aside) whose values differ: what a sidecar edit changed."""
+        mine, theirs = self.to_dict(), other.to_dict()
+        return [k for k in sorted(set(mine) | set(theirs)) if k != "file" and mine.get(k) != theirs.get(k)]
+
+
+def model_outputs(config: CSFMConfig) -> dict[str, TensorInfo]:
+    """The outputs block for a model: ``features`` [batch, dim] and ``logits`` where it has a head."""
+    return {name: TensorInfo(dtype, list(dims)) for name, (dtype, dims)
+            in SPEC.outputs(config.dim, config.head_classes).items()}
+
+
+def model_inputs() -> dict[str, TensorInfo]:
+    """The inputs block: symbolic dims with their ranges, from :data:`SPEC`."""
+    return {name: TensorInfo(dtype, list(dims), {d: dataclasses.asdict(SPEC.axes[d]) for d in dims})
+            for name, (dtype, dims) in SPEC.inputs().items()}
+
+
+def preprocessing_record(ppg_order: int) -> PreprocessingInfo:
+    """This package's preprocessing with the given PPG filter order, as a manifest records it."""
+    return PreprocessingInfo(**preprocessing_parameters(ppg_order))
+
+
+def now() -> str:
+    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+
+
+# --- JSON <-> dataclasses, with every field checked ------------------------------------------------
+
+def _to_json(value: Any) -> Any:
+    """Dataclasses as JSON objects; optional fields left at None are left out (reading restores them)."""
+    if dataclasses.is_dataclass(value):
+        return {f.name: _to_json(getattr(value, f.name)) for f in dataclasses.fields(value)
+                if not (getattr(value, f.name) is None and f.default is None)}
+    if isinstance(value, dict):
+        return {k: _to_json(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_to_json(v) for v in value]
+    return value
+
+
+def _from_json(cls: type, data: Any, where: str) -> Any:
+    if not isinstance(data, dict):
+        raise ArtifactError(f"manifest field {where} must be an object, got {type(data).__name__}")
+    hints = typing.get_type_hints(cls)
+    values = {}
+    for f in dataclasses.fields(cls):
+        path = f"{where}.{f.name}" if where != "manifest" else f.name
+        if f.name not in data:
+            if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+                raise ArtifactError(f"manifest field {path} is missing")
+            continue
+        values[f.name] = _convert(data[f.name], hints[f.name], path)
+    return cls(**values)
+
+
+def _convert(value: Any, hint: Any, where: str) -> Any:
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if hint is Any:
+        return value
+    if origin in (Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        options = [a for a in args if a is not type(None)]
+        for option in options[:-1]:
+            try:
+                return _convert(value, option, where)
+            except ArtifactError:
+                pass
+        return _convert(value, options[-1], where)
+    if dataclasses.is_dataclass(hint):
+        return _from_json(hint, value, where)
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ArtifactError(f"manifest field {where} must be an object, got {type(value).__name__}")
+        return {k: _convert(v, args[1], f"{where}.{k}") for k, v in value.items()}
+    if origin is list:
+        if not isinstance(value, list):
+            raise ArtifactError(f"manifest field {where} must be a list, got {type(value).__name__}")
+        return [_convert(v, args[0], f"{where}[{i}]") for i, v in enumerate(value)]
+    ok = {float: isinstance(value, (int, float)) and not isinstance(value, bool),
+          int: isinstance(value, int) and not isinstance(value, bool),
+          str: isinstance(value, str), bool: isinstance(value, bool)}.get(hint)
+    if not ok:
+        raise ArtifactError(f"manifest field {where} must be {getattr(hint, '__name__', hint)}, got {value!r}")
+    return float(value) if hint is float else value
+
+
+# --- files --------------------------------------------------------------------------------------
 
 def manifest_path(artifact: str | Path) -> Path:
     """``model.onnx`` -> ``model.json`` (same stem, beside it)."""
     return Path(artifact).with_suffix(".json")
 
 
-def sha256_of(path: str | Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def read_manifest(artifact: str | Path, *, check_hash: bool = True) -> dict:
-    """Load and check the manifest of ``artifact``; raise :class:`ArtifactError` on any mismatch."""
+def read_manifest(artifact: str | Path, *, check_hash: bool = True) -> Manifest:
+    """Load, validate and check the manifest of ``artifact``; raise :class:`ArtifactError` on any mismatch."""
     artifact = Path(artifact)
     if not artifact.is_file():
         raise ArtifactError(f"artifact {artifact} does not exist")
@@ -40,70 +301,59 @@ def read_manifest(artifact: str | Path, *, check_hash: bool = True) -> dict:
         raise ArtifactError(f"{artifact.name} has no manifest {path.name} beside it: refusing to run an "
                             "artifact that cannot say what it is (re-export it with csfm-edge export)")
     try:
-        manifest = json.loads(path.read_text())
+        data = json.loads(path.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise ArtifactError(f"manifest {path} is not readable JSON ({exc})") from None
-    if not isinstance(manifest, dict) or manifest.get("manifest_version") != MANIFEST_VERSION:
-        raise ArtifactError(f"manifest {path} is not a csfm-edge manifest of version {MANIFEST_VERSION}")
-    if manifest.get("file", {}).get("name") != artifact.name:
-        raise ArtifactError(f"manifest {path.name} describes {manifest.get('file', {}).get('name')!r}, "
-                            f"not {artifact.name}")
+    manifest = Manifest.from_dict(data, "manifest")
+    if manifest.file is None:
+        raise ArtifactError(f"manifest {path.name} names no file (field file is missing)")
+    if manifest.file.name != artifact.name:
+        raise ArtifactError(f"manifest {path.name} describes {manifest.file.name!r}, not {artifact.name}")
     if check_hash:
         actual = sha256_of(artifact)
-        if actual != manifest["file"].get("sha256"):
+        if actual != manifest.file.sha256:
             raise ArtifactError(f"{artifact.name} does not match its manifest (sha256 {actual[:12]}... vs "
-                                f"{str(manifest['file'].get('sha256'))[:12]}...): file changed or corrupt")
+                                f"{manifest.file.sha256[:12]}...): file changed or corrupt")
     return manifest
 
 
-def write_atomically(path: Path, data: bytes) -> None:
-    """Write to a temporary name in the same folder, then rename: no half-written file survives."""
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        tmp.write_bytes(data)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-def write_manifest(artifact: Path, manifest: dict) -> Path:
-    """Add the format version and the file's name, size and sha256, then write atomically."""
-    manifest = {"manifest_version": MANIFEST_VERSION, **manifest,
-                "file": {"name": artifact.name, "bytes": artifact.stat().st_size, "sha256": sha256_of(artifact)}}
+def write_manifest(artifact: Path, manifest: Manifest) -> Path:
+    """Record the file's name, size and sha256, then write the manifest beside it atomically."""
     path = manifest_path(artifact)
-    write_atomically(path, (json.dumps(manifest, indent=2, sort_keys=False) + "\n").encode())
+    text = json.dumps(manifest.with_file(artifact).to_dict(), indent=2) + "\n"
+    write_atomically(path, text.encode())
     return path
 
 
-def describe_manifest(manifest: dict) -> str:
+def describe_manifest(manifest: Manifest) -> str:
     """A readable summary of a manifest for ``csfm-edge info``."""
-    model, weights = manifest["model"], manifest["weights"]
-    lines = [
-        f"file        {manifest['file']['name']} ({manifest['file']['bytes'] / 1e6:.1f} MB, "
-        f"sha256 {manifest['file']['sha256'][:16]}...)",
-        f"artifact    {manifest['artifact']}, {manifest['precision']}",
-        f"model       CSFM {model['size']} (dim {model['dim']}, depth {model['depth']}, heads {model['heads']}, "
-        f"MLP {model['mlp_dim']}), head: {model['head_classes'] or 'none'}",
-        "weights     " + (f"UNTRAINED random, seed {weights['seed']}" if weights["source"] == "untrained"
-                          else f"{weights['name']} (sha256 {weights['sha256'][:16]}...)"),
-        "inputs      " + ", ".join(f"{n} {t['dtype']}{t['dims']}" for n, t in manifest["inputs"].items()),
-        "outputs     " + ", ".join(f"{n} {t['dtype']}{t['dims']}" for n, t in manifest["outputs"].items()),
-        f"preprocess  {manifest['preprocessing']['sample_rate_hz']:g} Hz, {manifest['preprocessing']['window_samples']}"
-        f" samples, PPG order {manifest['preprocessing']['ppg']['order']}",
+    model, pre = manifest.model, manifest.preprocessing
+    lines = []
+    if manifest.file is not None:
+        f = manifest.file
+        lines.append(f"file        {f.name} ({f.bytes / 1e6:.1f} MB, sha256 {f.sha256[:16]}...)")
+    lines += [
+        f"artifact    {manifest.artifact}, {manifest.precision}",
+        f"model       CSFM {model.size} (dim {model.dim}, depth {model.depth}, heads {model.heads}, "
+        f"MLP {model.mlp_dim}), head: {model.head_classes or 'none'}",
+        f"weights     {manifest.weights.describe()}",
+        "inputs      " + ", ".join(f"{n} {t.dtype}{t.dims}" for n, t in manifest.inputs.items()),
+        "outputs     " + ", ".join(f"{n} {t.dtype}{t.dims}" for n, t in manifest.outputs.items()),
+        f"preprocess  {pre.sample_rate_hz:g} Hz, {pre.window_samples} samples, PPG order {pre.ppg_order}",
     ]
-    if "tensorrt" in manifest:
-        trt, gpu = manifest["tensorrt"], manifest["gpu"]
-        lines.append(f"tensorrt    {trt['library']} {trt['version']}, target {trt['target']}, "
-                     f"GPU {gpu.get('name') or '-'} (compute {gpu['compute_capability']})")
+    if manifest.tensorrt is not None and manifest.gpu is not None:
+        trt, gpu = manifest.tensorrt, manifest.gpu
+        lines.append(f"tensorrt    {trt.library} {trt.version}, target {trt.target}, "
+                     f"GPU {gpu.name or '-'} (compute {gpu.compute_capability})")
         lines.append("profiles    " + "; ".join(
-            f"{p['name']} b{p['batch']['min']}-{p['batch']['max']} c{p['channels']['min']}-{p['channels']['max']}"
-            for p in manifest["profiles"]))
-    verification = manifest.get("verification")
+            f"{p.name} b{p.batch.min}-{p.batch.max} c{p.channels.min}-{p.channels.max}"
+            for p in manifest.profiles or []))
+    verification = manifest.verification
     if verification:
         worst = verification["worst"]
         lines.append(f"verified    {'PASS' if verification['passed'] else 'FAIL'} on {len(verification['cases'])} "
                      f"cases: max abs {worst['max_abs']:.2e}, min mean cosine {worst['min_mean_cosine']:.6f}")
-    if manifest.get("calibration"):
-        lines.append(f"calibrated  {manifest['precision_detail']['calibration_method']} on "
-                     f"{manifest['calibration']['windows']} real windows")
+    if manifest.calibration:
+        lines.append(f"calibrated  {manifest.precision_detail.get('calibration_method')} on "
+                     f"{manifest.calibration['windows']} real windows")
     return "\n".join(lines)

@@ -8,22 +8,14 @@ from pathlib import Path
 
 import numpy as np
 
-from csfm_edge.runtime.manifest import write_atomically
+from csfm_edge.fileio import write_atomically
+from csfm_edge.metrics import deviation
 from csfm_edge.runtime.session import EmbedResult
-
-
-def cosine_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Per-row cosine similarity in float64 (the accuracy measure of verification, checks and benchmarks)."""
-    a, b = a.astype(np.float64), b.astype(np.float64)
-    return (a * b).sum(-1) / (np.linalg.norm(a, axis=-1) * np.linalg.norm(b, axis=-1) + 1e-30)
 
 
 def compare_results(reference: EmbedResult, candidate: EmbedResult) -> dict:
     """Max abs difference and per-window cosine of the features of two runs over the same windows."""
-    a, b = reference.features.astype(np.float64), candidate.features.astype(np.float64)
-    cosine = cosine_rows(a, b)
-    return {"max_abs": float(np.abs(a - b).max()), "mean_cosine": float(cosine.mean()),
-            "min_cosine": float(cosine.min())}
+    return deviation(reference.features, candidate.features)
 
 
 def write_results(path: Path, result: EmbedResult, info: dict) -> None:

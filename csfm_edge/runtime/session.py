@@ -11,39 +11,43 @@ from __future__ import annotations
 import time
 import warnings
 from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 
 import numpy as np
 
-from csfm_edge.config import PATCH_SAMPLES, SAMPLE_RATE_HZ, WINDOW_SAMPLES
-from csfm_edge.errors import ArtifactError, CsfmError, FlatChannelError, SignalWarning, WindowLengthError
-from csfm_edge.leads import lead_names, resolve_leads
+from csfm_edge.config import SAMPLE_RATE_HZ, WINDOW_SAMPLES
+from csfm_edge.errors import ArtifactError, CsfmError, FlatChannelError, SignalWarning
+from csfm_edge.leads import PPG_ID, lead_names, resolve_leads
+from csfm_edge.profiles import probe_shape
 from csfm_edge.runtime.backends.base import Backend
-from csfm_edge.runtime.manifest import read_manifest
-from csfm_edge.runtime.preprocess import DEFAULT_PPG_ORDER, align_rates, preprocessing_parameters, sliding_windows
+from csfm_edge.runtime.manifest import Manifest, PreprocessingInfo, preprocessing_record, read_manifest
+from csfm_edge.runtime.preprocess import align_rates, sliding_windows
+from csfm_edge.spec import SPEC, check_window_length
 
 CHECKPOINT_SUFFIXES = (".pt", ".pth", ".ckpt", ".bin")
 SHORT_RECORD_S = 5.0  # below this a window is mostly zero padding: warn
+PROBE_LEADS = tuple(range(12)) + (PPG_ID,)  # the probe uses the first channels of the table
 
 
-def open_backend(artifact: Path, manifest: dict, provider: str | None = None) -> Backend:
+def open_backend(artifact: Path, manifest: Manifest, provider: str | None = None) -> Backend:
     """``.onnx`` -> ONNX Runtime or OpenVINO, ``.plan`` -> TensorRT.
 
     For ``.onnx`` with no ``provider``: ONNX Runtime's GPU providers where present, else OpenVINO where
     installed and the graph is a portable one (the fastest CPU path measured), else ONNX Runtime's CPU
     provider. ``provider="openvino"`` or an ONNX Runtime provider name (cpu, cuda, tensorrt) picks one.
+    Output names always come from the manifest, never from a backend's renaming.
     """
     suffix = artifact.suffix.lower()
     if suffix == ".onnx":
         from csfm_edge.runtime.backends.onnxruntime import OnnxRuntimeBackend, choose_providers
         from csfm_edge.runtime.backends.openvino import OpenVINOBackend, openvino_available
 
-        portable = not manifest["precision"].startswith("cpu-")
+        portable = not manifest.precision.startswith("cpu-")
         if provider is None and choose_providers()[0] == "CPUExecutionProvider" and portable and openvino_available():
             provider = "openvino"
         if provider is not None and provider.lower() == "openvino":
-            return OpenVINOBackend(artifact, manifest["precision"])
+            return OpenVINOBackend(artifact, manifest.precision, manifest.output_names)
         return OnnxRuntimeBackend(artifact, provider)
     if suffix in (".plan", ".engine"):
         from csfm_edge.runtime.backends.tensorrt import TensorRTBackend
@@ -52,25 +56,19 @@ def open_backend(artifact: Path, manifest: dict, provider: str | None = None) ->
     raise ArtifactError(f"{artifact.name}: unknown artifact type {suffix!r} (expected .onnx or .plan)")
 
 
-def reference_backend(manifest: dict, checkpoint: Path | None = None) -> Backend:
-    """The PyTorch reference for the weights a manifest names (imports torch)."""
-    from csfm_edge.export.reverify import reference_model
-    from csfm_edge.runtime.backends.torch_ref import TorchBackend
+def check_preprocessing(recorded: PreprocessingInfo) -> int:
+    """The artifact's PPG filter order, once its other preprocessing is shown to be this package's.
 
-    return TorchBackend(reference_model(manifest, checkpoint))
-
-
-def checkpoint_manifest(model) -> dict:
-    """What a manifest would say of a checkpoint loaded directly (reference backend)."""
-    config, report = model.config, model.load_report
-    return {"artifact": "checkpoint", "precision": "fp32",
-            "model": {"family": "CSFM", "size": config.name, "dim": config.dim, "depth": config.depth,
-                      "heads": config.heads, "mlp_dim": config.mlp_dim, "head_classes": config.head_classes},
-            "weights": {"source": "checkpoint", "name": Path(report.path).name, "sha256": report.sha256},
-            "preprocessing": preprocessing_parameters(DEFAULT_PPG_ORDER),
-            "outputs": {"features": {"dtype": "float32", "dims": ["batch", config.dim]},
-                        **({"logits": {"dtype": "float32", "dims": ["batch", config.head_classes]}}
-                           if config.head_classes else {})}}
+    Sample rate, window, filters and z-scoring are fixed by the model; an artifact that records
+    others was made for a different preprocessing and is refused rather than fed the wrong input.
+    """
+    order = recorded.ppg_order
+    ours = preprocessing_record(order)
+    differing = [f.name for f in fields(PreprocessingInfo) if getattr(recorded, f.name) != getattr(ours, f.name)]
+    if differing:
+        raise ArtifactError(f"the artifact's preprocessing differs from this csfm-edge's in {', '.join(differing)}: "
+                            "re-export it with this version")
+    return order
 
 
 @dataclass
@@ -106,13 +104,13 @@ class StreamLagWarning(SignalWarning):
 class Session:
     """An artifact ready to run: ``run`` on model inputs, ``embed`` on raw recordings, ``stream`` live."""
 
-    def __init__(self, backend: Backend, manifest: dict):
+    def __init__(self, backend: Backend, manifest: Manifest):
         self.backend = backend
         self.manifest = manifest
-        self.model = manifest["model"]
-        self.precision = manifest["precision"]
-        self.ppg_order = int(manifest["preprocessing"]["ppg"]["order"])
-        self.has_head = "logits" in manifest["outputs"]
+        self.model = manifest.model
+        self.precision = manifest.precision
+        self.ppg_order = check_preprocessing(manifest.preprocessing)
+        self.has_head = manifest.has_head
         self._check_outputs()
 
     @classmethod
@@ -121,30 +119,29 @@ class Session:
         """Open ``artifact`` (``.onnx``, ``.plan`` or a checkpoint); ``reference`` runs its PyTorch weights."""
         artifact = Path(artifact)
         if artifact.suffix.lower() in CHECKPOINT_SUFFIXES:
-            from csfm_edge.model import load_checkpoint
-            from csfm_edge.runtime.backends.torch_ref import TorchBackend
+            from csfm_edge.runtime.backends.torch_ref import open_checkpoint
 
-            model = load_checkpoint(artifact)
-            return cls(TorchBackend(model), checkpoint_manifest(model))
+            return cls(*open_checkpoint(artifact))
         manifest = read_manifest(artifact)
         if reference:
-            return cls(reference_backend(manifest, Path(checkpoint) if checkpoint else None), manifest)
+            from csfm_edge.runtime.backends.torch_ref import TorchBackend
+
+            return cls(TorchBackend.for_manifest(manifest, checkpoint), manifest)
         return cls(open_backend(artifact, manifest, provider), manifest)
 
     def _check_outputs(self) -> None:
         """One probe inference: the artifact's output widths must be what its manifest claims."""
-        probe = self.backend.run({"signal": np.zeros((1, 1, WINDOW_SAMPLES), np.float32),
-                                  "channel_ids": np.array([1], np.int64)})
-        for name, spec in self.manifest["outputs"].items():
-            width = spec["dims"][1]
-            if name not in probe or probe[name].shape[1:] != (width,):
+        batch, channels, time_len = probe_shape(self.manifest.profiles)
+        probe = self.backend.run(SPEC.example_feed(batch, PROBE_LEADS[:channels], time_len))
+        for name, tensor in self.manifest.outputs.items():
+            if name not in probe or probe[name].shape[1:] != (tensor.width,):
                 got = probe[name].shape[1:] if name in probe else "missing"
                 raise ArtifactError(f"artifact output {name!r} is {got}, but its manifest claims CSFM "
-                                    f"{self.model['size']} with width {width}: artifact and manifest disagree")
+                                    f"{self.model.size} with width {tensor.width}: artifact and manifest disagree")
 
     def info(self) -> dict:
-        return {**self.backend.describe(), "precision": self.precision, "size": self.model["size"],
-                "head_classes": self.model["head_classes"], "weights": self.manifest["weights"]["source"]}
+        return {**self.backend.describe(), "precision": self.precision, "size": self.model.size,
+                "head_classes": self.model.head_classes, "weights": self.manifest.weights.source}
 
     def close(self) -> None:
         self.backend.close()
@@ -166,12 +163,10 @@ class Session:
                             else channel_ids)
         if len(ids) != signal.shape[1]:
             raise CsfmError(f"{signal.shape[1]} channels but {len(ids)} channel ids")
-        time_len = signal.shape[2]
-        if time_len % PATCH_SAMPLES or not PATCH_SAMPLES <= time_len <= WINDOW_SAMPLES:
-            raise WindowLengthError(f"time axis {time_len}: multiples of {PATCH_SAMPLES} up to {WINDOW_SAMPLES}")
+        check_window_length(signal.shape[2])
         if not np.isfinite(signal).all():
             raise CsfmError("preprocessed windows contain NaN or inf")
-        return self.backend.run({"signal": np.ascontiguousarray(signal, dtype=np.float32), "channel_ids": ids})
+        return self.backend.run(SPEC.feed(signal, ids))
 
     # --- raw recordings -----------------------------------------------------------------------
 
@@ -203,8 +198,8 @@ class Session:
         for start in range(0, len(windows.data), batch_size):
             for name, value in self.run(windows.data[start: start + batch_size], ids).items():
                 outputs.setdefault(name, []).append(value)
-        features = np.concatenate(outputs["features"])
-        logits = np.concatenate(outputs["logits"]) if "logits" in outputs else None
+        features = np.concatenate(outputs[SPEC.features])
+        logits = np.concatenate(outputs[SPEC.logits]) if SPEC.logits in outputs else None
         result = EmbedResult(features, logits, windows.start_s, windows.flags(names), names)
         clean = result.clean
         result.aggregate = {

@@ -18,10 +18,11 @@ from pathlib import Path
 import numpy as np
 
 from csfm_edge.config import WINDOW_SAMPLES
-from csfm_edge.errors import BackendUnavailableError, CsfmError
-from csfm_edge.leads import LEAD_SETS
+from csfm_edge.errors import BackendUnavailableError
+from csfm_edge.leads import lead_set
 from csfm_edge.runtime.session import Session
 from csfm_edge.serving.triton_repo import model_name
+from csfm_edge.spec import SPEC
 
 
 @dataclass
@@ -58,9 +59,7 @@ def start(request: ServeRequest, workspace: Path | None = None):
     except ImportError:
         raise BackendUnavailableError("serving needs PyTriton: pip install nvidia-pytriton (numpy < 2; use its "
                                       "own environment, see the README)") from None
-    unknown = [s for s in request.lead_sets if s not in LEAD_SETS]
-    if unknown:
-        raise CsfmError(f"unknown lead set {unknown[0]!r}; choose from {', '.join(LEAD_SETS)}")
+    lead_sets = {name: np.asarray(lead_set(name), dtype=np.int64) for name in request.lead_sets}
     _python_libdir_first()
     session = Session.open(request.artifact, provider=request.provider)
     log = BatchLog()
@@ -68,19 +67,17 @@ def start(request: ServeRequest, workspace: Path | None = None):
                           metrics_port=request.http_port + 2)
     # PyTriton creates the workspace folder itself: give it a fresh path inside ours (or its own temp one)
     triton = Triton(config=config, workspace=None if workspace is None else str(Path(workspace) / "pytriton"))
-    size, precision = session.model["size"], session.precision
-    outputs = [Tensor(name=name, dtype=np.float32, shape=(spec["dims"][1],))
-               for name, spec in session.manifest["outputs"].items()]
-    for lead_set in request.lead_sets:
-        ids = np.asarray(LEAD_SETS[lead_set], dtype=np.int64)
+    outputs = [Tensor(name=name, dtype=np.float32, shape=(tensor.width,))
+               for name, tensor in session.manifest.outputs.items()]
+    for set_name, ids in lead_sets.items():
 
         @batch
         def infer(signal: np.ndarray, ids: np.ndarray = ids) -> dict[str, np.ndarray]:
             log.sizes.append(int(signal.shape[0]))
             return session.run(signal, ids)
 
-        triton.bind(model_name=model_name(size, precision, lead_set), infer_func=infer,
-                    inputs=[Tensor(name="signal", dtype=np.float32, shape=(len(ids), WINDOW_SAMPLES))],
+        triton.bind(model_name=model_name(session.model.size, session.precision, set_name), infer_func=infer,
+                    inputs=[Tensor(name=SPEC.signal, dtype=np.float32, shape=(len(ids), WINDOW_SAMPLES))],
                     outputs=outputs,
                     config=ModelConfig(max_batch_size=request.max_batch,
                                        batcher=DynamicBatcher(max_queue_delay_microseconds=request.max_queue_delay_us)))
@@ -97,7 +94,7 @@ def serve_forever(request: ServeRequest) -> None:
     signal.signal(signal.SIGTERM, interrupt)
     with tempfile.TemporaryDirectory(prefix="csfm-triton-") as workspace:
         triton, session, _ = start(request, Path(workspace))
-        names = [model_name(session.model["size"], session.precision, s) for s in request.lead_sets]
+        names = [model_name(session.model.size, session.precision, s) for s in request.lead_sets]
         print(f"serving {', '.join(names)} on http://127.0.0.1:{request.http_port} "
               f"(gRPC {request.http_port + 1}); Ctrl-C to stop", flush=True)
         try:

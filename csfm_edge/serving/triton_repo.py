@@ -10,6 +10,7 @@ signals at their own rate.
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,10 +19,11 @@ import numpy as np
 
 from csfm_edge.config import WINDOW_SAMPLES
 from csfm_edge.errors import ArtifactError, CsfmError
-from csfm_edge.export.spec import AxisRange
-from csfm_edge.leads import LEAD_SETS
+from csfm_edge.fileio import write_atomically
+from csfm_edge.leads import lead_names, lead_set
 from csfm_edge.profiles import Profile
-from csfm_edge.runtime.manifest import read_manifest, write_atomically, write_manifest
+from csfm_edge.runtime.manifest import Manifest, TensorInfo, read_manifest, write_manifest
+from csfm_edge.spec import SPEC, AxisRange
 
 PLATFORMS = ("onnxruntime_onnx", "tensorrt_plan")
 
@@ -52,10 +54,10 @@ def fold_channel_ids(source: Path, ids: np.ndarray, target: Path) -> None:
 
     model = onnx.load(str(source))
     graph = model.graph
-    [channel_input] = [i for i in graph.input if i.name == "channel_ids"]
+    [channel_input] = [i for i in graph.input if i.name == SPEC.channel_ids]
     graph.input.remove(channel_input)
-    graph.initializer.append(numpy_helper.from_array(np.asarray(ids, dtype=np.int64), name="channel_ids"))
-    [signal] = [i for i in graph.input if i.name == "signal"]
+    graph.initializer.append(numpy_helper.from_array(np.asarray(ids, dtype=np.int64), name=SPEC.channel_ids))
+    [signal] = [i for i in graph.input if i.name == SPEC.signal]
     dims = signal.type.tensor_type.shape.dim
     dims[1].ClearField("dim_param")
     dims[1].dim_value = len(ids)
@@ -64,14 +66,17 @@ def fold_channel_ids(source: Path, ids: np.ndarray, target: Path) -> None:
     onnx.save(model, str(target))
 
 
-def model_config(name: str, platform: str, channels: int, outputs: dict, request: TritonRepoRequest) -> str:
+def _output_blocks(outputs: dict[str, TensorInfo]) -> str:
+    return ",\n".join(f'  {{ name: "{o}" data_type: TYPE_FP32 dims: [ {t.width} ] }}' for o, t in outputs.items())
+
+
+def model_config(name: str, platform: str, channels: int, outputs: dict[str, TensorInfo],
+                 request: TritonRepoRequest) -> str:
     """``config.pbtxt`` of one lead-set model (dims exclude the batch axis, as Triton's batching wants)."""
     preferred = sorted({b for b in (1, 4, 8, 16, 32, 64) if b <= request.max_batch} - {1}) or [request.max_batch]
-    output_blocks = ",\n".join(
-        f'  {{ name: "{o}" data_type: TYPE_FP32 dims: [ {spec["dims"][1]} ] }}' for o, spec in outputs.items())
     return (f'name: "{name}"\nplatform: "{platform}"\nmax_batch_size: {request.max_batch}\n'
-            f'input [\n  {{ name: "signal" data_type: TYPE_FP32 dims: [ {channels}, {WINDOW_SAMPLES} ] }}\n]\n'
-            f"output [\n{output_blocks}\n]\n"
+            f'input [\n  {{ name: "{SPEC.signal}" data_type: TYPE_FP32 dims: [ {channels}, {WINDOW_SAMPLES} ] }}\n]\n'
+            f"output [\n{_output_blocks(outputs)}\n]\n"
             f"dynamic_batching {{\n  preferred_batch_size: [ {', '.join(map(str, preferred))} ]\n"
             f"  max_queue_delay_microseconds: {request.max_queue_delay_us}\n}}\n"
             f"instance_group [ {{ count: {request.instances} kind: {request.kind} }} ]\n")
@@ -86,6 +91,7 @@ import numpy as np
 import triton_python_backend_utils as pb_utils
 
 from csfm_edge.runtime.preprocess import preprocess
+from csfm_edge.spec import SPEC
 
 
 class TritonPythonModel:
@@ -102,7 +108,7 @@ class TritonPythonModel:
             try:
                 out = np.stack([preprocess(raw[i], float(fs[i][0]), self.leads, ppg_order=self.ppg_order)
                                 for i in range(raw.shape[0])])
-                responses.append(pb_utils.InferenceResponse([pb_utils.Tensor("signal", out)]))
+                responses.append(pb_utils.InferenceResponse([pb_utils.Tensor(SPEC.signal, out)]))
             except Exception as exc:  # a bad signal is this request's error; the model keeps serving
                 responses.append(pb_utils.InferenceResponse(error=pb_utils.TritonError(str(exc))))
         return responses
@@ -113,27 +119,25 @@ def preprocess_config(name: str, channels: int, leads: str, ppg_order: int, requ
     return (f'name: "{name}"\nbackend: "python"\nmax_batch_size: {request.max_batch}\n'
             f'input [\n  {{ name: "raw" data_type: TYPE_FP32 dims: [ {channels}, -1 ] }},\n'
             f'  {{ name: "fs" data_type: TYPE_FP32 dims: [ 1 ] }}\n]\n'
-            f'output [\n  {{ name: "signal" data_type: TYPE_FP32 dims: [ {channels}, {WINDOW_SAMPLES} ] }}\n]\n'
+            f'output [\n  {{ name: "{SPEC.signal}" data_type: TYPE_FP32 dims: [ {channels}, {WINDOW_SAMPLES} ] }}\n]\n'
             f'parameters [\n  {{ key: "leads" value: {{ string_value: "{leads}" }} }},\n'
             f'  {{ key: "ppg_order" value: {{ string_value: "{ppg_order}" }} }}\n]\n'
             f"instance_group [ {{ count: {request.instances} kind: KIND_CPU }} ]\n")
 
 
-def ensemble_config(name: str, preprocess_name: str, model: str, channels: int, outputs: dict,
+def ensemble_config(name: str, preprocess_name: str, model: str, channels: int, outputs: dict[str, TensorInfo],
                     request: TritonRepoRequest) -> str:
-    output_blocks = ",\n".join(
-        f'  {{ name: "{o}" data_type: TYPE_FP32 dims: [ {spec["dims"][1]} ] }}' for o, spec in outputs.items())
     output_maps = "\n".join(f'      output_map {{ key: "{o}" value: "{o}" }}' for o in outputs)
     return (f'name: "{name}"\nplatform: "ensemble"\nmax_batch_size: {request.max_batch}\n'
             f'input [\n  {{ name: "raw" data_type: TYPE_FP32 dims: [ {channels}, -1 ] }},\n'
             f'  {{ name: "fs" data_type: TYPE_FP32 dims: [ 1 ] }}\n]\n'
-            f"output [\n{output_blocks}\n]\n"
+            f"output [\n{_output_blocks(outputs)}\n]\n"
             f"ensemble_scheduling {{\n  step [\n"
             f'    {{\n      model_name: "{preprocess_name}"\n      model_version: -1\n'
             f'      input_map {{ key: "raw" value: "raw" }}\n      input_map {{ key: "fs" value: "fs" }}\n'
-            f'      output_map {{ key: "signal" value: "preprocessed" }}\n    }},\n'
+            f'      output_map {{ key: "{SPEC.signal}" value: "preprocessed" }}\n    }},\n'
             f'    {{\n      model_name: "{model}"\n      model_version: -1\n'
-            f'      input_map {{ key: "signal" value: "preprocessed" }}\n{output_maps}\n    }}\n  ]\n}}\n')
+            f'      input_map {{ key: "{SPEC.signal}" value: "preprocessed" }}\n{output_maps}\n    }}\n  ]\n}}\n')
 
 
 def write_repository(request: TritonRepoRequest) -> list[Path]:
@@ -142,25 +146,21 @@ def write_repository(request: TritonRepoRequest) -> list[Path]:
         raise CsfmError(f"unknown platform {request.platform!r}; choose {', '.join(PLATFORMS)}")
     if request.max_batch < 1 or request.instances < 1:
         raise CsfmError("--max-batch and --instances must be >= 1")
-    unknown = [s for s in request.lead_sets if s not in LEAD_SETS]
-    if unknown:
-        raise CsfmError(f"unknown lead set {unknown[0]!r}; choose from {', '.join(LEAD_SETS)}")
-    manifests = {}
+    lead_sets = {name: np.asarray(lead_set(name), dtype=np.int64) for name in request.lead_sets}
+    manifests: dict[Path, Manifest] = {}
     for artifact in request.artifacts:
         if artifact.suffix.lower() != ".onnx":
             raise ArtifactError(f"{artifact.name}: pass the exported .onnx; Triton models fold the lead set into "
                                 "the graph, and TensorRT plans are built from that folded graph on the server")
         manifests[artifact] = read_manifest(artifact)
-        if manifests[artifact]["precision"].startswith("cpu-") and request.platform == "tensorrt_plan":
+        if manifests[artifact].precision.startswith("cpu-") and request.platform == "tensorrt_plan":
             raise ArtifactError(f"{artifact.name} is an ONNX Runtime CPU graph; TensorRT needs a portable one")
     if request.out.exists() and any(request.out.iterdir()) and not request.force:
         raise CsfmError(f"{request.out} is not empty: pass --force to write into it")
     configs = []
     for artifact, manifest in manifests.items():
-        size, precision = manifest["model"]["size"], manifest["precision"]
-        for lead_set in request.lead_sets:
-            ids = np.asarray(LEAD_SETS[lead_set], dtype=np.int64)
-            name = model_name(size, precision, lead_set)
+        for set_name, ids in lead_sets.items():
+            name = model_name(manifest.model.size, manifest.precision, set_name)
             folder = request.out / name
             (folder / "1").mkdir(parents=True, exist_ok=True)
             if request.platform == "onnxruntime_onnx":
@@ -168,9 +168,8 @@ def write_repository(request: TritonRepoRequest) -> list[Path]:
             else:  # the plan is built on the server's GPU from this folded graph (see BUILD.txt)
                 source = folder / "source.onnx"
                 fold_channel_ids(artifact, ids, source)
-                folded = {k: v for k, v in manifest.items() if k != "file"}
-                folded["inputs"] = {"signal": {"dtype": "float32", "dims": ["batch", len(ids), WINDOW_SAMPLES]}}
-                write_manifest(source, folded)
+                write_manifest(source, dataclasses.replace(manifest, inputs={
+                    SPEC.signal: TensorInfo("float32", ["batch", len(ids), WINDOW_SAMPLES])}))
                 profile = Profile("triton", AxisRange(1, min(8, request.max_batch), request.max_batch),
                                   AxisRange(len(ids), len(ids), len(ids)), AxisRange(2500, 2500, 2500))
                 write_atomically(folder / "BUILD.txt", (
@@ -178,11 +177,11 @@ def write_repository(request: TritonRepoRequest) -> list[Path]:
                     f"container:\n  csfm-edge build {name}/source.onnx --profile {_profile_flag(profile)} "
                     f"--out {name}/1/model.plan\n").encode())
             config = folder / "config.pbtxt"
-            write_atomically(config, model_config(name, request.platform, len(ids), manifest["outputs"],
+            write_atomically(config, model_config(name, request.platform, len(ids), manifest.outputs,
                                                   request).encode())
             configs.append(config)
             if request.preprocess:
-                configs += _write_ensemble(request, name, lead_set, ids, manifest)
+                configs += _write_ensemble(request, name, ids, manifest)
     return configs
 
 
@@ -191,19 +190,16 @@ def _profile_flag(profile: Profile) -> str:
     return f"triton:batch={b.min},{b.opt},{b.max}:channels={c.min}:time=2500"
 
 
-def _write_ensemble(request: TritonRepoRequest, name: str, lead_set: str, ids: np.ndarray, manifest: dict
-                    ) -> list[Path]:
-    from csfm_edge.leads import lead_names
-
+def _write_ensemble(request: TritonRepoRequest, name: str, ids: np.ndarray, manifest: Manifest) -> list[Path]:
     pre_name = f"{name}-preprocess"
     pre = request.out / pre_name
     (pre / "1").mkdir(parents=True, exist_ok=True)
     write_atomically(pre / "1" / "model.py", PREPROCESS_MODEL.encode())
-    ppg_order = int(manifest["preprocessing"]["ppg"]["order"])
+    ppg_order = manifest.preprocessing.ppg_order
     write_atomically(pre / "config.pbtxt", preprocess_config(pre_name, len(ids), ",".join(lead_names(ids)),
                                                              ppg_order, request).encode())
     ensemble = request.out / f"{name}-raw"
     (ensemble / "1").mkdir(parents=True, exist_ok=True)
     write_atomically(ensemble / "config.pbtxt", ensemble_config(f"{name}-raw", pre_name, name, len(ids),
-                                                                manifest["outputs"], request).encode())
+                                                                manifest.outputs, request).encode())
     return [pre / "config.pbtxt", ensemble / "config.pbtxt"]

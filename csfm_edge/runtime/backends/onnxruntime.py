@@ -28,7 +28,7 @@ def choose_providers(requested: str | None = None) -> list[str]:
 
 
 class OnnxRuntimeBackend:
-    """``run(feed)`` over an ``onnxruntime.InferenceSession``."""
+    """``run(feed)`` over an ``onnxruntime.InferenceSession`` (whose ``run`` is safe from several threads)."""
 
     name = "onnxruntime"
 

@@ -8,11 +8,13 @@ run in f32 (so they keep the fp32 tolerance), fp16/int8 graphs in bf16 where sup
 
 from __future__ import annotations
 
+import queue
 from pathlib import Path
 
 import numpy as np
 
 from csfm_edge.errors import BackendUnavailableError
+from csfm_edge.spec import SPEC
 
 
 def openvino_available() -> bool:
@@ -24,9 +26,16 @@ def openvino_available() -> bool:
 
 
 class OpenVINOBackend:
+    """``run(feed)`` over a compiled model. Safe from several threads: each call takes an infer request
+    from a pool (one request runs one inference at a time) and returns it when its outputs are copied.
+
+    OpenVINO renames the outputs of some graphs (the FP16 converter's casts), so outputs are taken by
+    position and named with ``output_names``, the artifact manifest's names.
+    """
+
     name = "openvino"
 
-    def __init__(self, path: str | Path, precision: str, threads: int | None = None):
+    def __init__(self, path: str | Path, precision: str, output_names: list[str], threads: int | None = None):
         try:
             import openvino as ov
         except ImportError:
@@ -41,8 +50,11 @@ class OpenVINOBackend:
         if threads:
             config["INFERENCE_NUM_THREADS"] = threads
         self.model = core.compile_model(str(path), "CPU", config)
-        self.request = self.model.create_infer_request()
-        self.output_names = [o.get_any_name() for o in self.model.outputs]
+        if len(self.model.outputs) != len(output_names):
+            raise BackendUnavailableError(f"{self.path.name} has {len(self.model.outputs)} outputs in OpenVINO, its "
+                                          f"manifest names {len(output_names)}: {', '.join(output_names)}")
+        self.output_names = list(output_names)
+        self._requests: queue.SimpleQueue = queue.SimpleQueue()
         self.device = core.get_property("CPU", "FULL_DEVICE_NAME")
 
     def describe(self) -> dict:
@@ -50,8 +62,16 @@ class OpenVINOBackend:
                 "openvino": self.ov.__version__, "device": self.device, "file": self.path.name}
 
     def run(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        results = self.request.infer({"signal": feed["signal"], "channel_ids": feed["channel_ids"]})
-        return {name: np.array(results[output]) for name, output in zip(self.output_names, self.model.outputs)}
+        try:
+            request = self._requests.get_nowait()
+        except queue.Empty:
+            request = self.model.create_infer_request()
+        try:
+            results = request.infer({name: feed[name] for name in SPEC.input_names})
+            return {name: np.array(results[output]) for name, output in zip(self.output_names, self.model.outputs)}
+        finally:
+            self._requests.put(request)
 
     def close(self) -> None:
-        self.request = self.model = None
+        self._requests = queue.SimpleQueue()
+        self.model = None

@@ -7,6 +7,7 @@ version and one GPU architecture. Buffers are sized once for the largest shape o
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,7 +16,9 @@ import numpy as np
 from csfm_edge.errors import ArtifactError
 from csfm_edge.profiles import Profile, select_profile
 from csfm_edge.runtime.cuda import GpuInfo, cuda_api, host_array
+from csfm_edge.runtime.manifest import Manifest
 from csfm_edge.runtime.tensorrt_lib import load_tensorrt
+from csfm_edge.spec import SPEC
 
 DTYPES = {"float32": np.float32, "int64": np.int64}
 
@@ -31,33 +34,40 @@ class Buffer:
         return int(np.prod(self.max_shape)) * np.dtype(self.dtype).itemsize
 
 
-def plan_buffers(manifest: dict) -> list[Buffer]:
+def plan_buffers(manifest: Manifest) -> list[Buffer]:
     """One buffer per engine input/output, sized for the largest shape any profile admits."""
-    profiles = [Profile.from_dict(p) for p in manifest["profiles"]]
+    profiles = engine_profiles(manifest)
     batch = max(p.batch.max for p in profiles)
     channels = max(p.channels.max for p in profiles)
     time = max(p.time.max for p in profiles)
     sizes = {"batch": batch, "channels": channels, "time": time}
     buffers = []
-    for section in ("inputs", "outputs"):
-        for name, tensor in manifest[section].items():
-            shape = tuple(sizes[d] if isinstance(d, str) else int(d) for d in tensor["dims"])
-            buffers.append(Buffer(name, shape, np.dtype(DTYPES[tensor["dtype"]])))
+    for tensors in (manifest.inputs, manifest.outputs):
+        for name, tensor in tensors.items():
+            shape = tuple(sizes[d] if isinstance(d, str) else int(d) for d in tensor.dims)
+            buffers.append(Buffer(name, shape, np.dtype(DTYPES[tensor.dtype])))
     return buffers
 
 
-def check_engine_fits(manifest: dict, library: str, version: str, gpu: GpuInfo) -> None:
+def engine_profiles(manifest: Manifest) -> list[Profile]:
+    """The engine's optimization profiles; a plan manifest without its build record is refused."""
+    if manifest.tensorrt is None or manifest.gpu is None or not manifest.profiles:
+        raise ArtifactError("manifest of a TensorRT engine lacks its tensorrt, gpu or profiles field")
+    return manifest.profiles
+
+
+def check_engine_fits(manifest: Manifest, library: str, version: str, gpu: GpuInfo) -> None:
     """Refuse an engine built by another TensorRT or for another GPU architecture, saying what to rebuild."""
-    built = manifest["tensorrt"]
-    source = manifest.get("source_onnx", {}).get("name", "the ONNX file")
+    engine_profiles(manifest)
+    built, wanted = manifest.tensorrt, manifest.gpu
+    source = manifest.source_onnx.name if manifest.source_onnx else "the ONNX file"
     rebuild = f"rebuild it here with: csfm-edge build {source}"
-    if built["library"] != library or built["version"] != version:
-        raise ArtifactError(f"engine built with {built['library']} {built['version']}, this machine has {library} "
+    if built.library != library or built.version != version:
+        raise ArtifactError(f"engine built with {built.library} {built.version}, this machine has {library} "
                             f"{version}; engines are tied to one TensorRT version: {rebuild}")
-    wanted = manifest["gpu"]["compute_capability"]
-    if wanted != gpu.compute_capability:
-        raise ArtifactError(f"engine built for compute capability {wanted} "
-                            f"({manifest['gpu'].get('name') or built['target']}), this GPU is {gpu.name} "
+    if wanted.compute_capability != gpu.compute_capability:
+        raise ArtifactError(f"engine built for compute capability {wanted.compute_capability} "
+                            f"({wanted.name or built.target}), this GPU is {gpu.name} "
                             f"({gpu.compute_capability}): {rebuild}")
 
 
@@ -66,8 +76,9 @@ class TensorRTBackend:
 
     name = "tensorrt"
 
-    def __init__(self, plan: Path, manifest: dict, use_cuda_graph: bool = False):
-        self.trt = load_tensorrt(manifest["tensorrt"]["library"])
+    def __init__(self, plan: Path, manifest: Manifest, use_cuda_graph: bool = False):
+        engine_profiles(manifest)  # a plan's manifest must say how and for what it was built
+        self.trt = load_tensorrt(manifest.tensorrt.library)
         self.cuda = cuda_api()
         self.gpu = self.cuda.gpu()
         check_engine_fits(manifest, self.trt.library, self.trt.version, self.gpu)
@@ -79,9 +90,10 @@ class TensorRTBackend:
             why = self.logger.errors[-1] if self.logger.errors else "unknown reason"
             raise ArtifactError(f"{self.plan.name} is not a loadable engine (corrupt or incompatible): {why}")
         self.context = self.engine.create_execution_context()
-        self.profiles = [Profile.from_dict(p) for p in manifest["profiles"]]
-        self.input_names = list(manifest["inputs"])
-        self.output_names = list(manifest["outputs"])
+        self.profiles = manifest.profiles
+        self.input_names = list(manifest.inputs)
+        self.output_names = manifest.output_names
+        self._lock = threading.Lock()  # one context, stream and buffer set: one inference at a time
         self.stream = self.cuda.stream()
         self.buffers = {b.name: b for b in plan_buffers(manifest)}
         self.device = {name: self.cuda.device_alloc(b.nbytes) for name, b in self.buffers.items()}
@@ -110,16 +122,19 @@ class TensorRTBackend:
         self.cuda.launch_graph(self.graphs[key], self.stream)
 
     def run(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        signal = np.ascontiguousarray(feed["signal"], dtype=np.float32)
-        ids = np.ascontiguousarray(feed["channel_ids"], dtype=np.int64)
+        with self._lock:
+            return self._run(SPEC.feed(feed[SPEC.signal], feed[SPEC.channel_ids]))
+
+    def _run(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        signal, ids = feed[SPEC.signal], feed[SPEC.channel_ids]
         batch, channels, time = signal.shape
         profile = select_profile(self.profiles, batch, channels, time)
         if profile != self.active_profile:
             self.context.set_optimization_profile_async(profile, self.stream)
             self.active_profile = profile
-        self.context.set_input_shape("signal", signal.shape)
-        self.context.set_input_shape("channel_ids", ids.shape)
-        for name, array in (("signal", signal), ("channel_ids", ids)):
+        self.context.set_input_shape(SPEC.signal, signal.shape)
+        self.context.set_input_shape(SPEC.channel_ids, ids.shape)
+        for name, array in feed.items():
             host_array(self.host[name], array.shape, array.dtype)[...] = array
             self.cuda.copy_to_device(self.device[name], self.host[name], array.nbytes, self.stream)
         self._execute((profile, signal.shape))
@@ -134,7 +149,7 @@ class TensorRTBackend:
 
     def execute_only(self) -> None:
         """Re-run the last shape with its inputs already on the GPU: compute time without host copies."""
-        self._execute((self.active_profile, tuple(self.context.get_tensor_shape("signal"))))
+        self._execute((self.active_profile, tuple(self.context.get_tensor_shape(SPEC.signal))))
         self.cuda.synchronize(self.stream)
 
     def close(self) -> None:

@@ -10,7 +10,7 @@ from importlib import resources
 
 import numpy as np
 
-from csfm_edge.runtime.io import Recording
+from csfm_edge.recordings.readers import Recording
 
 # BITalino ECG sensor transfer function: ECG(mV) = (ADC / 2^n - 1/2) * VCC / G * 1000.
 _BITALINO_VCC_V = 3.3

@@ -16,9 +16,9 @@ import numpy as np
 
 from csfm_edge.config import WINDOW_SAMPLES
 from csfm_edge.errors import InputFileError
-from csfm_edge.leads import PPG_ID
+from csfm_edge.leads import PPG_ID, rows_of
+from csfm_edge.recordings.sample import sample_ecg
 from csfm_edge.runtime.preprocess import sliding_windows
-from csfm_edge.runtime.samples import sample_ecg
 
 # Verification and calibration use disjoint records and windows, so INT8 is not checked on the
 # very windows it was calibrated on.
@@ -63,8 +63,7 @@ def read_npz_record(path: Path) -> tuple[np.ndarray, float, np.ndarray]:
 def _windows(path: Path, ids: tuple[int, ...], count: int, first_s: float) -> np.ndarray:
     """``count`` windows of the leads ``ids`` every 60 s from ``first_s`` (one for a 10-s record)."""
     signal, fs, channel_ids = read_npz_record(path)
-    rows = [int(np.flatnonzero(channel_ids == i)[0]) for i in ids]
-    windows = sliding_windows(signal[rows], fs, list(ids), hop_s=30.0)
+    windows = sliding_windows(signal[rows_of(channel_ids, ids)], fs, list(ids), hop_s=30.0)
     keep = [k for k, s in enumerate(windows.start_s) if s >= first_s and (s - first_s) % 60 == 0] or [0]
     return windows.data[keep[:count]]
 

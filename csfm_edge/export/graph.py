@@ -1,0 +1,71 @@
+"""Tracing CSFM to ONNX and checking the graph: symbolic axes, output widths, size, the ONNX checker.
+
+Shared by the portable export and the ONNX Runtime CPU graphs, which differ only in their attention op.
+"""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import onnx
+import torch
+
+from csfm_edge import __version__
+from csfm_edge.config import CSFMConfig
+from csfm_edge.errors import CsfmError
+from csfm_edge.model import CSFM
+from csfm_edge.spec import SPEC
+
+PROTOBUF_LIMIT = 2 * 1024**3
+
+
+class Outputs(torch.nn.Module):
+    """Features, plus the head's logits when the model has one: the graph's outputs."""
+
+    def __init__(self, model: CSFM):
+        super().__init__()
+        self.model = model
+
+    def forward(self, signal: torch.Tensor, channel_ids: torch.Tensor):
+        features = self.model(signal, channel_ids)
+        return features if self.model.head is None else (features, self.model.head(features))
+
+
+def export_fp32(model: CSFM, path: Path, opset: int = SPEC.opset) -> None:
+    """Trace to ONNX with symbolic batch/channels/time, fix output dims, check with full shape inference."""
+    trace(Outputs(model), model.config, path, opset, do_constant_folding=True)
+    finish_graph(path, model.config, full_check=True)
+
+
+def trace(module: torch.nn.Module, config: CSFMConfig, path: Path, opset: int, **options) -> None:
+    """TorchScript-trace ``module`` on :data:`SPEC`'s example inputs with its names and dynamic axes."""
+    example = tuple(torch.from_numpy(array) for array in SPEC.example_feed().values())
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation and tracer notices
+        torch.onnx.export(module.eval(), example, str(path), dynamo=False, opset_version=opset,
+                          input_names=list(SPEC.input_names), output_names=SPEC.output_names(config.head_classes),
+                          dynamic_axes=SPEC.dynamic_axes(config.head_classes), **options)
+
+
+def finish_graph(path: Path, config: CSFMConfig, full_check: bool) -> None:
+    """Name the output dims, check the size limit, the checker (with full shape inference) and the axes."""
+    graph = onnx.load(str(path))
+    for output in graph.graph.output:  # the tracer names the static dims after nodes; give them numbers
+        dims = output.type.tensor_type.shape.dim
+        dims[0].dim_param = "batch"
+        dims[1].dim_value = config.dim if output.name == SPEC.features else config.head_classes
+    graph.doc_string = f"CSFM {config.name or 'custom'} signal encoder, exported by csfm-edge {__version__}"
+    onnx.save(graph, str(path))
+    if path.stat().st_size >= PROTOBUF_LIMIT:
+        raise CsfmError(f"{path.name} exceeds the 2 GB protobuf limit")
+    onnx.checker.check_model(str(path), full_check=full_check)
+    check_symbolic_axes(onnx.load(str(path), load_external_data=False))
+
+
+def check_symbolic_axes(model: onnx.ModelProto) -> None:
+    """The saved graph must keep batch, channels and time symbolic, or dynamic shapes silently break."""
+    inputs = {i.name: [d.dim_param for d in i.type.tensor_type.shape.dim] for i in model.graph.input}
+    expected = {name: list(dims) for name, (_, dims) in SPEC.inputs().items()}
+    if inputs != expected:
+        raise CsfmError(f"exported inputs {inputs} are not the symbolic {expected}")

@@ -1,0 +1,121 @@
+"""One object describing the exported graph: tensor names, dtypes, dynamic axes, opset, tolerances.
+
+Export, verification, TensorRT profiles, the Triton configuration, the backends and the tests all
+read :data:`SPEC` (the way Optimum's ``OnnxConfig`` describes a model): no other module spells a
+tensor name or decides which window lengths the model takes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from csfm_edge.config import PATCH_SAMPLES, WINDOW_SAMPLES
+from csfm_edge.errors import WindowLengthError
+from csfm_edge.leads import NUM_CHANNEL_TYPES, PPG_ID
+
+PRECISIONS = ("fp32", "fp16", "int8", "cpu-fp32", "cpu-int8")
+# fp32/fp16/int8: portable graphs, precision in the graph, for TensorRT and any runtime.
+# cpu-*: ONNX Runtime CPU graphs with its fused attention op (see csfm_edge.export.cpu).
+DEFAULT_PRECISIONS = ("fp32", "fp16", "int8")
+
+
+@dataclass(frozen=True)
+class AxisRange:
+    """Smallest, typical and largest value of one dynamic axis (TensorRT's min/opt/max)."""
+
+    min: int
+    opt: int
+    max: int
+
+    def contains(self, value: int) -> bool:
+        return self.min <= value <= self.max
+
+
+@dataclass(frozen=True)
+class Tolerance:
+    """Export acceptance for one precision: max abs error and/or mean cosine of the features."""
+
+    max_abs: float | None = None
+    min_cosine: float | None = None
+
+    def describe(self) -> str:
+        parts = []
+        if self.max_abs is not None:
+            parts.append(f"max abs <= {self.max_abs:g}")
+        if self.min_cosine is not None:
+            parts.append(f"cosine >= {self.min_cosine:g}")
+        return " and ".join(parts)
+
+
+def check_window_length(samples: int) -> None:
+    """The model takes whole patches up to the 10-s window: multiples of 25 samples, 25 to 2500."""
+    if samples % PATCH_SAMPLES or not PATCH_SAMPLES <= samples <= WINDOW_SAMPLES:
+        raise WindowLengthError(
+            f"window length {samples} samples: CSFM takes multiples of {PATCH_SAMPLES} from "
+            f"{PATCH_SAMPLES} to {WINDOW_SAMPLES} samples (0.1-10 s at 250 Hz)")
+
+
+@dataclass(frozen=True)
+class ExportSpec:
+    opset: int = 17  # LayerNormalization is a single op from 17 (TensorRT 10.x parses it natively)
+    signal: str = "signal"
+    channel_ids: str = "channel_ids"
+    features: str = "features"
+    logits: str = "logits"
+    axes: dict[str, AxisRange] = field(default_factory=lambda: {
+        "batch": AxisRange(1, 8, 64),
+        "channels": AxisRange(1, 2, NUM_CHANNEL_TYPES),
+        "time": AxisRange(PATCH_SAMPLES, WINDOW_SAMPLES, WINDOW_SAMPLES),
+    })
+    tolerances: dict[str, Tolerance] = field(default_factory=lambda: {
+        "fp32": Tolerance(max_abs=1e-4),
+        "fp16": Tolerance(min_cosine=0.999),
+        "int8": Tolerance(min_cosine=0.99),
+        "cpu-fp32": Tolerance(max_abs=1e-4),
+        "cpu-int8": Tolerance(min_cosine=0.99),
+    })
+    # Verification grid: every combination is checked against PyTorch on real windows.
+    verification_grid: dict[str, tuple[int, ...]] = field(default_factory=lambda: {
+        "batch": (1, 4), "channels": (1, 2, 12, 13), "time": (WINDOW_SAMPLES, WINDOW_SAMPLES // 2)})
+
+    @property
+    def input_names(self) -> tuple[str, str]:
+        return (self.signal, self.channel_ids)
+
+    def inputs(self) -> dict[str, tuple[str, tuple[str, ...]]]:
+        """name -> (dtype, symbolic dims)."""
+        return {self.signal: ("float32", ("batch", "channels", "time")), self.channel_ids: ("int64", ("channels",))}
+
+    def output_names(self, head_classes: int) -> list[str]:
+        return [self.features] + ([self.logits] if head_classes else [])
+
+    def outputs(self, dim: int, head_classes: int) -> dict[str, tuple[str, tuple[str | int, ...]]]:
+        widths = {self.features: dim, self.logits: head_classes}
+        return {name: ("float32", ("batch", widths[name])) for name in self.output_names(head_classes)}
+
+    def dynamic_axes(self, head_classes: int) -> dict[str, dict[int, str]]:
+        """The torch.onnx ``dynamic_axes`` argument."""
+        axes: dict[str, dict[int, str]] = {self.signal: {0: "batch", 1: "channels", 2: "time"},
+                                           self.channel_ids: {0: "channels"}}
+        axes.update({name: {0: "batch"} for name in self.output_names(head_classes)})
+        return axes
+
+    def feed(self, signal: np.ndarray, channel_ids) -> dict[str, np.ndarray]:
+        """The graph's inputs in their dtypes: float32 [B, C, T] and int64 [C]."""
+        return {self.signal: np.ascontiguousarray(signal, dtype=np.float32),
+                self.channel_ids: np.ascontiguousarray(channel_ids, dtype=np.int64)}
+
+    def example_feed(self, batch: int = 2, channel_ids=(1, PPG_ID), time: int = WINDOW_SAMPLES
+                     ) -> dict[str, np.ndarray]:
+        """Zeros of a shape inside every axis range: tracing examples and probe inferences."""
+        return self.feed(np.zeros((batch, len(channel_ids), time), np.float32), channel_ids)
+
+
+SPEC = ExportSpec()
+
+
+def artifact_stem(model_name: str, precision: str) -> str:
+    """``csfm-<model>.<precision>``: the ONNX file and its manifest share it."""
+    return f"csfm-{model_name}.{precision}"
