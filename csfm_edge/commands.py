@@ -129,6 +129,8 @@ def run_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--provider", default=None, help="ONNX Runtime provider: cpu, cuda, tensorrt (default: best)")
     p.add_argument("--check", action="store_true", help="also run the PyTorch reference and print the deviation")
     p.add_argument("--checkpoint", type=Path, help="the checkpoint behind the artifact (for --check)")
+    p.add_argument("--strict", action="store_true",
+                   help="refuse a record with a lead flat or missing throughout (default: drop it, score the rest)")
     p.add_argument("--out", type=Path, default=None, help="write results to .npz or .json")
 
 
@@ -145,11 +147,15 @@ def run(args: argparse.Namespace) -> int:
     recording = read_recording(args.input, args.fs, leads)
     session = Session.open(args.artifact, provider=args.provider)
     started = time.perf_counter()
-    result = session.embed(recording.signal, recording.fs, recording.leads, hop_s=args.hop)
+    result = session.embed(recording.signal, recording.fs, recording.leads, hop_s=args.hop, strict=args.strict)
     took = time.perf_counter() - started
     info = session.info()
     print(f"{args.input.name}: leads {', '.join(recording.leads)}"
           + (f" (dropped {', '.join(recording.dropped)}: no CSFM channel)" if recording.dropped else ""))
+    if result.dropped:
+        print(f"dropped {', '.join(d.lead for d in result.dropped)}: "
+              + "; ".join(sorted({f"{d.reason} for the whole recording" for d in result.dropped}))
+              + f"; scored on {', '.join(result.leads)}")
     print(f"{info['backend']} ({info['provider']}), CSFM {info['size']} {info['precision']}"
           + (", UNTRAINED weights" if info["weights"] == "untrained" else ""))
     flagged = [(s, f) for s, f in zip(result.start_s, result.flags) if f]

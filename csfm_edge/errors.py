@@ -43,12 +43,24 @@ class FlatChannelError(SignalError):
     """A channel without variation (lead off, disconnected sensor): z-scoring it would divide by ~0."""
 
 
+class NoSignalError(SignalError):
+    """No lead of a record (or of a stream window) carries signal: nothing can be scored."""
+
+
+class ImplausibleSignalError(SignalError):
+    """Values no recorder produces (overflowing magnitudes, booleans): wrong units or a corrupt file."""
+
+
 class LeadError(CsfmError, ValueError):
     """Unknown or duplicate lead name or id."""
 
 
 class WindowLengthError(CsfmError, ValueError):
     """A model input whose time axis is not a multiple of the patch length within the window."""
+
+
+class ParameterError(CsfmError, ValueError):
+    """An argument outside its range (hop, batch size, stream window): says which and what is allowed."""
 
 
 # --- checkpoints, artifacts and backends -------------------------------------------------------
@@ -72,6 +84,10 @@ class BackendUnavailableError(CsfmError):
 
 class InputFileError(CsfmError):
     """An input recording that cannot be read."""
+
+
+class OutputError(CsfmError):
+    """An output that would overwrite an input, an artifact or an existing file, or cannot be written."""
 
 
 # --- warnings ----------------------------------------------------------------------------------

@@ -5,7 +5,8 @@ Torch-free, so the runtime, the exporter and the model all share one table.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import re
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 
@@ -18,8 +19,11 @@ PPG_ID = 12
 NUM_CHANNEL_TYPES = len(LEAD_NAMES)
 
 # Names recorders use for a lead CSFM knows. MLII is the MIT-BIH modified lead II; PLETH is the
-# plethysmogram channel of bedside monitors (PhysioNet, Philips, GE).
-ALIASES: dict[str, int] = {"MLII": 1, "ML2": 1, "PLETH": PPG_ID, "PLETH.": PPG_ID}
+# plethysmogram channel of bedside monitors (PhysioNet, Philips, GE); SpO2 Pleth that of EDF exports.
+ALIASES: dict[str, int] = {"MLII": 1, "ML2": 1, "PLETH": PPG_ID, "PLETH.": PPG_ID, "SPO2 PLETH": PPG_ID,
+                           "PLETHYSMOGRAM": PPG_ID}
+# Vendor prefixes in front of a lead name: "ECG II", "EKG-V1", "Lead aVR", "ECG Lead II".
+VENDOR_PREFIX = re.compile(r"^(?:(?:ECG|EKG)[\s_\-:.]*)?(?:LEAD[\s_\-:.]*)?")
 
 _BY_NAME: dict[str, int] = {name.upper(): i for i, name in enumerate(LEAD_NAMES)}
 _BY_NAME.update({alias.upper(): i for alias, i in ALIASES.items()})
@@ -92,3 +96,25 @@ def rows_of(channel_ids: Sequence[int] | np.ndarray, wanted: Sequence[int] | np.
         present = ", ".join(lead_names(i for i in ids if i >= 0))
         raise LeadError(f"the record has no lead {', '.join(missing)} (it has {present})")
     return [ids.index(int(i)) for i in wanted]
+
+
+def clean_label(label: str | bytes) -> str:
+    """A label as files spell it -> a comparable key: bytes decoded, BOM, quotes and outer spaces stripped,
+    inner runs of spaces/underscores folded to one space, upper case."""
+    if isinstance(label, (bytes, np.bytes_)):
+        label = bytes(label).decode("utf-8", errors="replace")
+    text = str(label).replace("\ufeff", "").strip().strip("'\"").strip()
+    return re.sub(r"[\s_]+", " ", text).upper()
+
+
+def vendor_lead(label: str | bytes, lead_map: Mapping[str, str] | None = None) -> int | None:
+    """The CSFM id of a recorder's channel label ("ECG II", "EKG V1", "Lead aVR", "Pleth", "SpO2 Pleth",
+    b"MLII", ...), case- and space-insensitive; ``lead_map`` (label -> lead) first. None: not a CSFM lead."""
+    key = clean_label(label)
+    mapped = {clean_label(k): v for k, v in (lead_map or {}).items()}
+    if key in mapped:
+        return lead_id(str(mapped[key]))
+    for candidate in (key, VENDOR_PREFIX.sub("", key)):
+        if candidate in _BY_NAME:
+            return _BY_NAME[candidate]
+    return None

@@ -117,8 +117,15 @@ def test_run_refuses_bad_model_inputs(session):
 
 
 def test_manifest_problems_are_refused(tiny_artifacts, tmp_path):
+    import onnx as onnx_lib
+
+    from csfm_edge.export.embed import set_embedded_manifest
+    from csfm_edge.runtime.backends.onnxruntime import OnnxRuntimeBackend
+
     onnx = tmp_path / "csfm-tiny.fp32.onnx"
-    onnx.write_bytes(tiny_artifacts["fp32"].read_bytes())
+    bare = onnx_lib.load(str(tiny_artifacts["fp32"]))
+    set_embedded_manifest(bare, None)  # a graph that says nothing about itself
+    onnx_lib.save(bare, str(onnx))
     with pytest.raises(ArtifactError, match="has no manifest"):
         Session.open(onnx)
     onnx.with_suffix(".json").write_text("{not json")
@@ -131,6 +138,8 @@ def test_manifest_problems_are_refused(tiny_artifacts, tmp_path):
     write_manifest(onnx, Manifest.from_dict(manifest))
     with pytest.raises(ArtifactError, match="manifest claims CSFM large with width 1024"):
         Session.open(onnx)
+    with pytest.raises(ArtifactError, match="manifest claims CSFM large with width 1024"):
+        Session(OnnxRuntimeBackend(tiny_artifacts["fp32"], "cpu"), Manifest.from_dict(manifest))
 
 
 def test_stream_matches_offline_windows_and_keeps_up(session, bedside):

@@ -111,3 +111,8 @@ def test_live_triton_server_batches_and_survives_bad_requests(tiny_artifacts, da
     assert report["largest_batch"] > 1, report["batch_sizes"]  # Triton's dynamic batcher joined requests
     assert all(report["errors"].values()), report["errors"]  # each bad request got an error response
     assert report["max_abs_after_errors"] <= 1e-4  # and the server kept serving
+    # a request with a NaN run gets its own one-line reason (no traceback, no server paths) ...
+    for error in report["bad_request_errors"]:
+        assert "NaN" in error and "Traceback" not in error and "/" not in error and "\n" not in error
+    # ... while every other request, batched with it, is answered normally
+    assert report["good_request_errors"] == [""] and report["mixed_batches"] >= 1

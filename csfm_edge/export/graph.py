@@ -69,3 +69,4 @@ def check_symbolic_axes(model: onnx.ModelProto) -> None:
     expected = {name: list(dims) for name, (_, dims) in SPEC.inputs().items()}
     if inputs != expected:
         raise CsfmError(f"exported inputs {inputs} are not the symbolic {expected}")
+

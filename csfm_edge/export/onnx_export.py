@@ -20,6 +20,7 @@ from csfm_edge.environment import installed_versions
 from csfm_edge.errors import CsfmError, VerificationError
 from csfm_edge.export.calibration import RecordingCalibrationReader
 from csfm_edge.export.cpu import CPU_PRECISIONS, export_cpu
+from csfm_edge.export.embed import embed_manifest
 from csfm_edge.export.graph import export_fp32
 from csfm_edge.export.precision import to_fp16, to_int8
 from csfm_edge.export.verify import run_cases, verification_cases, verify
@@ -153,9 +154,10 @@ def export(request: ExportRequest) -> list[Path]:
             worst = result.worst()
             say(f"[export] {precision} verified: max abs {worst['max_abs']:.2e}, "
                 f"min mean cosine {worst['min_mean_cosine']:.6f} ({result.tolerance.describe()})")
+            manifest = embed_manifest(candidate, _manifest(request, model, precision, how, result.to_dict(),
+                                                           calibration if precision == "int8" else None))
             os.replace(candidate, target)
-            write_manifest(target, _manifest(request, model, precision, how, result.to_dict(),
-                                             calibration if precision == "int8" else None))
+            write_manifest(target, manifest)
             written.append(target)
     say(f"[export] done in {time.perf_counter() - started:.0f} s: " + ", ".join(p.name for p in written))
     return written

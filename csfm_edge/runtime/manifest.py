@@ -110,7 +110,7 @@ class PreprocessingInfo:
     def ppg_order(self) -> int:
         order = self.ppg.get("order")
         if not isinstance(order, int) or isinstance(order, bool) or not 1 <= order <= 8:
-            raise ArtifactError(f"manifest field preprocessing.ppg.order is {order!r}: expected an integer 1..8")
+            raise ArtifactError(f"field preprocessing.ppg.order is {order!r}: expected an integer 1..8")
         return order
 
 
@@ -169,6 +169,7 @@ class Manifest:
     source_onnx: SourceOnnx | None = None
     build_seconds: float | None = None
     timing_cache: dict[str, Any] | None = None
+    graph_sha256: str | None = None  # of the ONNX graph itself: checks a renamed file that has no sidecar
     file: FileInfo | None = None
     manifest_version: int = MANIFEST_VERSION
 
@@ -190,7 +191,12 @@ class Manifest:
         if data.get("manifest_version") != MANIFEST_VERSION:
             raise ArtifactError(f"{where} is not a csfm-edge manifest of layout version {MANIFEST_VERSION} "
                                 f"(found {data.get('manifest_version')!r}): re-export the artifact")
-        return _from_json(cls, data, where)
+        try:
+            manifest = _from_json(cls, data, "")
+            manifest.preprocessing.ppg_order  # noqa: B018  (validates the one free-form field read back)
+            return manifest
+        except ArtifactError as exc:
+            raise ArtifactError(f"{where}: {exc} (re-export the artifact or restore its manifest)") from None
 
     def with_file(self, artifact: Path) -> Manifest:
         """This manifest describing ``artifact`` (name, size, sha256), as written beside it."""
@@ -239,14 +245,14 @@ def _to_json(value: Any) -> Any:
 
 def _from_json(cls: type, data: Any, where: str) -> Any:
     if not isinstance(data, dict):
-        raise ArtifactError(f"manifest field {where} must be an object, got {type(data).__name__}")
+        raise ArtifactError(f"field {where or 'manifest'} must be an object, got {type(data).__name__}")
     hints = typing.get_type_hints(cls)
     values = {}
     for f in dataclasses.fields(cls):
-        path = f"{where}.{f.name}" if where != "manifest" else f.name
+        path = f"{where}.{f.name}" if where else f.name
         if f.name not in data:
             if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
-                raise ArtifactError(f"manifest field {path} is missing")
+                raise ArtifactError(f"field {path} is missing")
             continue
         values[f.name] = _convert(data[f.name], hints[f.name], path)
     return cls(**values)
@@ -270,51 +276,111 @@ def _convert(value: Any, hint: Any, where: str) -> Any:
         return _from_json(hint, value, where)
     if origin is dict:
         if not isinstance(value, dict):
-            raise ArtifactError(f"manifest field {where} must be an object, got {type(value).__name__}")
+            raise ArtifactError(f"field {where} must be an object, got {type(value).__name__}")
         return {k: _convert(v, args[1], f"{where}.{k}") for k, v in value.items()}
     if origin is list:
         if not isinstance(value, list):
-            raise ArtifactError(f"manifest field {where} must be a list, got {type(value).__name__}")
+            raise ArtifactError(f"field {where} must be a list, got {type(value).__name__}")
         return [_convert(v, args[0], f"{where}[{i}]") for i, v in enumerate(value)]
     ok = {float: isinstance(value, (int, float)) and not isinstance(value, bool),
           int: isinstance(value, int) and not isinstance(value, bool),
           str: isinstance(value, str), bool: isinstance(value, bool)}.get(hint)
     if not ok:
-        raise ArtifactError(f"manifest field {where} must be {getattr(hint, '__name__', hint)}, got {value!r}")
+        raise ArtifactError(f"field {where} must be {getattr(hint, '__name__', hint)}, got {value!r}")
     return float(value) if hint is float else value
 
 
 # --- files --------------------------------------------------------------------------------------
+
+EMBEDDED_KEY = "csfm_edge.manifest"  # the ONNX metadata property that carries the manifest
+
 
 def manifest_path(artifact: str | Path) -> Path:
     """``model.onnx`` -> ``model.json`` (same stem, beside it)."""
     return Path(artifact).with_suffix(".json")
 
 
+def embedded_text(manifest: Manifest) -> str:
+    """The manifest as an ONNX file carries it inside (everything but the file's own hash)."""
+    return json.dumps(dataclasses.replace(manifest, file=None).to_dict(), sort_keys=True)
+
+
+def _parse(text: str, where: str) -> Manifest:
+    try:
+        data = json.loads(text)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ArtifactError(f"{where} is not readable JSON ({exc})") from None
+    return Manifest.from_dict(data, where)
+
+
 def read_manifest(artifact: str | Path, *, check_hash: bool = True) -> Manifest:
-    """Load, validate and check the manifest of ``artifact``; raise :class:`ArtifactError` on any mismatch."""
+    """Load, validate and check what ``artifact`` is; raise :class:`ArtifactError` on any mismatch.
+
+    An ONNX file carries its manifest inside (so a renamed file still opens) and a sidecar JSON beside
+    it; where both exist they must agree, or the artifact is refused naming the fields that differ. The
+    sidecar's sha256 (or, without a sidecar, the embedded graph hash) must match the file.
+    """
     artifact = Path(artifact)
     if not artifact.is_file():
         raise ArtifactError(f"artifact {artifact} does not exist")
     path = manifest_path(artifact)
     if not path.is_file():
-        raise ArtifactError(f"{artifact.name} has no manifest {path.name} beside it: refusing to run an "
-                            "artifact that cannot say what it is (re-export it with csfm-edge export)")
+        return _embedded_only(artifact, path, check_hash)
     try:
-        data = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ArtifactError(f"manifest {path} is not readable JSON ({exc})") from None
-    manifest = Manifest.from_dict(data, "manifest")
+        text = path.read_text()
+    except OSError as exc:
+        raise ArtifactError(f"manifest {path} is not readable ({exc.strerror or exc})") from None
+    manifest = _parse(text, f"manifest {path.name}")
     if manifest.file is None:
         raise ArtifactError(f"manifest {path.name} names no file (field file is missing)")
-    if manifest.file.name != artifact.name:
-        raise ArtifactError(f"manifest {path.name} describes {manifest.file.name!r}, not {artifact.name}")
     if check_hash:
         actual = sha256_of(artifact)
+        if actual != manifest.file.sha256 and manifest.file.name != artifact.name:
+            raise ArtifactError(f"manifest {path.name} describes {manifest.file.name!r}, not {artifact.name} (sha256 "
+                                f"{manifest.file.sha256[:12]}... vs {actual[:12]}...)")
         if actual != manifest.file.sha256:
-            raise ArtifactError(f"{artifact.name} does not match its manifest (sha256 {actual[:12]}... vs "
-                                f"{manifest.file.sha256[:12]}...): file changed or corrupt")
+            raise ArtifactError(f"{artifact.name} does not match its manifest {path.name} (sha256 {actual[:12]}... "
+                                f"vs {manifest.file.sha256[:12]}...): file changed or corrupt")
+    embedded = _embedded(artifact, hash_graph=False)[0] if artifact.suffix.lower() == ".onnx" else None
+    if embedded is not None and (differing := embedded.differences(manifest)):
+        raise ArtifactError(f"manifest {path.name} disagrees with the manifest inside {artifact.name} in "
+                            f"{', '.join(differing)}: the JSON was edited; refusing to run")
+    if manifest.source_onnx is not None:
+        source = Manifest.from_dict(manifest.source_onnx.manifest, f"source manifest in {path.name}")
+        differing = [f for f in ("model", "weights", "precision", "preprocessing", "outputs")
+                     if getattr(source, f) != getattr(manifest, f)]
+        if differing:
+            raise ArtifactError(f"manifest {path.name} disagrees with the ONNX manifest it was built from in "
+                                f"{', '.join(differing)}: the JSON was edited; refusing to run")
     return manifest
+
+
+def _embedded(artifact: Path, hash_graph: bool) -> tuple[Manifest | None, str | None]:
+    """The manifest inside an ONNX file (None where it has none) and its graph's sha256 (where asked)."""
+    from csfm_edge.runtime.onnx_file import read_onnx_file
+
+    info = read_onnx_file(artifact, hash_graph=hash_graph)
+    if EMBEDDED_KEY not in info.metadata:
+        return None, info.graph_sha256
+    return _parse(info.metadata[EMBEDDED_KEY], f"manifest embedded in {artifact.name}"), info.graph_sha256
+
+
+def _embedded_only(artifact: Path, path: Path, check_hash: bool) -> Manifest:
+    """An artifact without a sidecar: its embedded manifest, checked against its graph's bytes."""
+    embedded, reason = None, ""
+    if artifact.suffix.lower() == ".onnx":
+        try:
+            embedded, graph_sha256 = _embedded(artifact, hash_graph=check_hash)
+        except ArtifactError as exc:
+            reason = f" ({exc})"
+    if embedded is None:
+        raise ArtifactError(f"{artifact.name} has no manifest {path.name} beside it and none readable inside{reason}: "
+                            "refusing to run an artifact that cannot say what it is (re-export it with csfm-edge "
+                            "export)")
+    if check_hash and embedded.graph_sha256 != graph_sha256:
+        raise ArtifactError(f"{artifact.name}: its graph does not match the manifest inside it: file changed or "
+                            "corrupt")
+    return embedded
 
 
 def write_manifest(artifact: Path, manifest: Manifest) -> Path:

@@ -19,7 +19,7 @@ from __future__ import annotations
 import math
 import warnings
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import lru_cache
 
 import numpy as np
@@ -28,7 +28,9 @@ from scipy import signal as sps
 from csfm_edge.config import SAMPLE_RATE_HZ, WINDOW_SAMPLES
 from csfm_edge.errors import (
     FlatChannelError,
+    ImplausibleSignalError,
     NonFiniteError,
+    ParameterError,
     SampleRateError,
     ShapeError,
     SignalError,
@@ -48,6 +50,20 @@ ZSCORE_EPS = 1e-8
 FLAT_STD = 1e-6
 MIN_DURATION_S = 1.0
 FILTER_MARGIN_S = 30.0
+# Sampling rates: the PPG band-pass reaches 8 Hz, so a rate must exceed twice that (25-Hz wrist PPG
+# passes); above 20 kHz no cardiac recorder samples (a rate in the wrong unit). ECG below 100 Hz loses
+# the QRS complex's energy: allowed, with a warning.
+MIN_RATE_HZ = 2 * 8.0
+MAX_RATE_HZ = 20_000.0
+ECG_WARN_RATE_HZ = 100.0
+# Largest magnitude a recording may hold: 24-bit ADC counts are ~1.7e7; beyond 1e9 the values are
+# overflowing garbage or the wrong unit, and their z-scores would silently become zeros.
+MAX_ABS_VALUE = 1e9
+FLAT_RUN_S = 1.0  # samples unchanged this long inside a window: the lead was off for part of it
+# A window is clipped when this share of its samples sits at the record's min or max in runs of 3 or more
+# samples (the ADC rail): a natural signal touches its extreme for a sample or two per beat at most.
+CLIP_FRACTION = 0.01
+AMPLITUDE_RATIO = 20.0  # a window whose spread differs this much from the record's usual one: units/gain jump
 WINDOWS = ("start", "center", "end")
 
 
@@ -79,18 +95,38 @@ def preprocessing_parameters(ppg_order: int = DEFAULT_PPG_ORDER) -> dict:
     }
 
 
+def check_rate(fs, ids) -> float:
+    """A sampling rate the preprocessing can work at, as a float; warns for ECG below 100 Hz."""
+    if isinstance(fs, (bool, np.bool_)) or not isinstance(fs, (int, float, np.integer, np.floating)):
+        raise SampleRateError(f"sampling rate must be a number in Hz, got {fs!r}")
+    fs = float(fs)
+    if not math.isfinite(fs) or not MIN_RATE_HZ < fs <= MAX_RATE_HZ:
+        raise SampleRateError(f"sampling rate {fs:g} Hz: it must be finite and > 0 Hz, and for this preprocessing "
+                              f"above {MIN_RATE_HZ:g} Hz (PPG band to 8 Hz) and at most {MAX_RATE_HZ:g} Hz; check --fs "
+                              "and its unit")
+    if fs < ECG_WARN_RATE_HZ and any(int(i) != PPG_ID for i in np.atleast_1d(ids)):
+        warnings.warn(f"ECG sampled at {fs:g} Hz (< {ECG_WARN_RATE_HZ:g} Hz) loses QRS detail; results may "
+                      "differ from the model's training data", SignalWarning, stacklevel=3)
+    return fs
+
+
+def check_positive(name: str, value, integer: bool = False) -> float:
+    """A finite number > 0 (an integer where ``integer``), or a :class:`ParameterError` naming ``name``."""
+    number_types = (int, np.integer) if integer else (int, float, np.integer, np.floating)
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, number_types) or not math.isfinite(value) \
+            or value <= 0:
+        kind = "a whole number" if integer else "a finite number"
+        raise ParameterError(f"{name} must be {kind} > 0, got {value!r}")
+    return value
+
+
 def validate(signal: np.ndarray, fs: float, leads) -> tuple[np.ndarray, float, np.ndarray, list[str]]:
-    """Check shape, rate and leads; return a float64 [C, N] copy, fs, ids and lead names."""
+    """Check shape, rate, values and leads; return a float64 [C, N] copy, fs, ids and lead names."""
     ids = resolve_leads(leads)
     names = lead_names(ids)
-    try:
-        fs = float(fs)
-    except (TypeError, ValueError):
-        raise SampleRateError(f"sampling rate must be a number, got {fs!r}") from None
-    if not math.isfinite(fs) or fs <= 0:
-        raise SampleRateError(f"sampling rate must be finite and > 0 Hz, got {fs}")
+    fs = check_rate(fs, ids)
     arr = np.asarray(signal)
-    if arr.dtype.kind not in "biuf":
+    if arr.dtype.kind not in "iuf":
         raise SignalError(f"signal must be a real numeric array, got dtype {arr.dtype}")
     if arr.ndim == 1:
         arr = arr[None, :]
@@ -104,7 +140,13 @@ def validate(signal: np.ndarray, fs: float, leads) -> tuple[np.ndarray, float, n
         raise TooShortError(
             f"{arr.shape[1]} samples at {fs:g} Hz is shorter than the minimum {MIN_DURATION_S:g} s "
             f"({min_samples} samples)")
-    return arr.astype(np.float64, copy=True), fs, ids, names
+    x = arr.astype(np.float64, copy=True)
+    with np.errstate(invalid="ignore"):
+        huge = np.isfinite(x) & (np.abs(x) > MAX_ABS_VALUE)  # NaN/inf are gaps, handled by fill_gaps
+    for c in np.flatnonzero(huge.any(axis=1)):
+        raise ImplausibleSignalError(f"values up to {np.abs(x[c][huge[c]]).max():.3g}: overflowing, or not a "
+                                     f"signal in physical units (limit {MAX_ABS_VALUE:g})", names[c])
+    return x, fs, ids, names
 
 
 def fill_gaps(x: np.ndarray, fs: float, names: Sequence[str], max_gap_s: float,
@@ -118,8 +160,7 @@ def fill_gaps(x: np.ndarray, fs: float, names: Sequence[str], max_gap_s: float,
         bad = ~np.isfinite(x[c])
         if bad.all():
             raise NonFiniteError("every sample is NaN or inf (lead off?)", names[c])
-        edges = np.diff(np.concatenate(([0], bad.view(np.int8), [0])))
-        starts, ends = np.flatnonzero(edges == 1), np.flatnonzero(edges == -1)
+        starts, ends = true_runs(bad)
         lengths = ends - starts
         worst = int(np.argmax(lengths))
         if lengths[worst] / fs > max_gap_s and long_gaps == "raise":
@@ -291,21 +332,90 @@ class Windows:
     flat: np.ndarray  # bool [W, C]: channel without variation (lead off)
     fills: tuple[GapFill, ...]  # interpolated NaN/inf runs, in record time
     signal_s: float  # length of the record in seconds
+    partly_flat: np.ndarray | None = None  # bool [W, C]: unchanged for a second or more of the window
+    clipped: np.ndarray | None = None  # bool [W, C]: samples pinned at the ADC rail
+    amplitude: np.ndarray | None = None  # bool [W, C]: spread far from the record's usual one
+
+    def channels(self, keep: np.ndarray) -> Windows:
+        """These windows with only the channels ``keep`` (indices)."""
+        masks = {name: getattr(self, name)[:, keep] for name in ("flat", "partly_flat", "clipped", "amplitude")
+                 if getattr(self, name) is not None}
+        return replace(self, data=self.data[:, keep], **masks)
+
+    def _overlapping(self, w: int, long: bool) -> list[str]:
+        start = self.start_s[w]
+        end = start + WINDOW_SAMPLES / SAMPLE_RATE_HZ
+        return [fill.channel for fill in self.fills
+                if fill.long == long and fill.start_s < end and fill.start_s + fill.length_s > start]
+
+    def unusable(self, names: Sequence[str]) -> np.ndarray:
+        """bool [W, C]: channels a window must be scored without (flat, or inside a long gap)."""
+        bad = self.flat | (self.partly_flat if self.partly_flat is not None else False)
+        for w in range(len(self.start_s)):
+            for channel in self._overlapping(w, long=True):
+                bad[w, list(names).index(channel)] = True
+        return bad
 
     def flags(self, names: Sequence[str]) -> list[list[str]]:
-        """Per window: ``flat:<lead>``, ``gap:<lead>`` (long gap), ``interpolated:<lead>``, ``padded``."""
+        """Per window: ``flat:``, ``gap:`` (long gap), ``interpolated:``, ``clipped:``, ``amplitude:`` with the
+        lead, and ``padded``."""
         out = []
         for w, start in enumerate(self.start_s):
-            end = start + WINDOW_SAMPLES / SAMPLE_RATE_HZ
-            flags = [f"flat:{names[c]}" for c in np.flatnonzero(self.flat[w])]
-            for fill in self.fills:
-                if fill.start_s < end and fill.start_s + fill.length_s > start:
-                    flag = f"{'gap' if fill.long else 'interpolated'}:{fill.channel}"
-                    flags += [flag] if flag not in flags else []
-            if self.signal_s < end - 1e-9:
+            flat = self.flat[w] | (self.partly_flat[w] if self.partly_flat is not None else False)
+            flags = [f"flat:{names[c]}" for c in np.flatnonzero(flat)]
+            for kind, long in (("gap", True), ("interpolated", False)):
+                flags += [f"{kind}:{channel}" for channel in dict.fromkeys(self._overlapping(w, long))]
+            for kind, mask in (("clipped", self.clipped), ("amplitude", self.amplitude)):
+                if mask is not None:
+                    flags += [f"{kind}:{names[c]}" for c in np.flatnonzero(mask[w] & ~flat)]
+            if self.signal_s < start + WINDOW_SAMPLES / SAMPLE_RATE_HZ - 1e-9:
                 flags.append("padded")
             out.append(flags)
         return out
+
+
+def true_runs(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """[start, end) of every run of True in a 1-D bool array."""
+    edges = np.diff(np.concatenate(([0], mask.view(np.int8), [0])))
+    return np.flatnonzero(edges == 1), np.flatnonzero(edges == -1)
+
+
+def _long_runs(mask: np.ndarray, min_len: int) -> list[tuple[int, int]]:
+    starts, ends = true_runs(mask)
+    keep = ends - starts >= min_len
+    return list(zip(starts[keep].tolist(), ends[keep].tolist()))
+
+
+def _overlap_mask(runs: list[list[tuple[int, int]]], bounds: list[tuple[int, int]], min_overlap: int) -> np.ndarray:
+    """bool [W, C]: window w overlaps a run of channel c by at least ``min_overlap`` samples."""
+    return np.array([[any(min(b, hi) - max(a, lo) >= min_overlap for a, b in channel_runs) for channel_runs in runs]
+                     for lo, hi in bounds], dtype=bool).reshape(len(bounds), len(runs))
+
+
+def window_quality(x: np.ndarray, fs: float, starts_s: np.ndarray, filled: np.ndarray
+                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """bool [W, C] masks judged on the raw samples of each window: a lead off for part of it (samples
+    unchanged for ``FLAT_RUN_S``), clipping (``CLIP_FRACTION`` of it pinned at the record's min or max:
+    the ADC rail), and a spread far from the record's median window spread (a gain or unit change). ``filled``
+    marks samples interpolated over NaN gaps, which are gaps, not a lead off."""
+    span = int(round(WINDOW_SAMPLES / SAMPLE_RATE_HZ * fs))
+    bounds = [(int(round(s * fs)), min(x.shape[1], int(round(s * fs)) + span)) for s in starts_s]
+    still_len = int(round(FLAT_RUN_S * fs))
+    pinned, still = [], []
+    for row, row_filled in zip(x, filled):
+        low, high = row.min(), row.max()
+        tolerance = 1e-9 * max(high - low, 1e-12)
+        pinned.append(_long_runs((row >= high - tolerance) | (row <= low + tolerance), 3))
+        still.append(_long_runs(np.concatenate(([False], np.diff(row) == 0)) & ~row_filled, still_len))
+    clipped = np.array([[sum(max(min(b, hi) - max(a, lo), 0) for a, b in runs) >= CLIP_FRACTION * (hi - lo)
+                         for runs in pinned] for lo, hi in bounds], dtype=bool).reshape(len(bounds), len(pinned))
+    partly_flat = _overlap_mask(still, bounds, still_len)
+    spread = np.array([x[:, lo:hi].std(axis=1) for lo, hi in bounds]).reshape(len(bounds), x.shape[0])
+    usual = np.median(spread, axis=0, keepdims=True)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ratio = spread / usual
+    amplitude = (usual > FLAT_STD) & (spread > FLAT_STD) & ((ratio > AMPLITUDE_RATIO) | (ratio < 1 / AMPLITUDE_RATIO))
+    return partly_flat, clipped & ~partly_flat, amplitude
 
 
 def sliding_windows(
@@ -325,9 +435,9 @@ def sliding_windows(
     Flat channels are reported in ``flat`` rather than raised, so a caller scoring many windows can
     flag them; ``long_gaps="flag"`` does the same for NaN runs beyond ``max_gap_s``.
     """
-    if not hop_s > 0:
-        raise ValueError(f"hop must be > 0 s, got {hop_s}")
+    check_positive("hop_s", hop_s)
     x, fs, ids, names = validate(signal, fs, leads)
+    filled = ~np.isfinite(x)
     fills = fill_gaps(x, fs, names, max_gap_s, long_gaps)
     filtered = filter_record(to_model_rate(x, fs), ids, ppg_order)
     n = filtered.shape[-1]
@@ -338,7 +448,8 @@ def sliding_windows(
     cuts = np.stack([select_window(filtered, o) for o in offsets])
     starts = np.asarray(offsets) / SAMPLE_RATE_HZ
     flat = np.stack([flat_mask(x, fs, start, cut) for start, cut in zip(starts, cuts)])
-    return Windows(zscore(cuts), starts, flat, tuple(fills), x.shape[1] / fs)
+    partly_flat, clipped, amplitude = window_quality(x, fs, starts, filled)
+    return Windows(zscore(cuts), starts, flat, tuple(fills), x.shape[1] / fs, partly_flat & ~flat, clipped, amplitude)
 
 
 def align_rates(leads_signals: Sequence[np.ndarray], rates: Sequence[float], names: Sequence[str],

@@ -24,6 +24,7 @@ def write_results(path: Path, result: EmbedResult, info: dict) -> None:
     if path.suffix.lower() == ".json":
         payload = {
             "artifact": info, "leads": result.leads, "start_s": result.start_s.tolist(), "flags": result.flags,
+            "dropped": [{"lead": d.lead, "reason": d.reason} for d in result.dropped],
             "features": result.features.tolist(),
             "logits": None if result.logits is None else result.logits.tolist(),
             "aggregate": {k: (v.tolist() if isinstance(v, np.ndarray) else v) for k, v in aggregate.items()},
@@ -32,7 +33,8 @@ def write_results(path: Path, result: EmbedResult, info: dict) -> None:
         return
     arrays = {"features": result.features, "start_s": result.start_s, "leads": np.asarray(result.leads),
               "flags": np.asarray(["; ".join(f) for f in result.flags]),
-              "artifact": np.asarray(json.dumps(info)), "clean_windows": np.asarray(aggregate["clean_windows"])}
+              "artifact": np.asarray(json.dumps(info)), "clean_windows": np.asarray(aggregate["clean_windows"]),
+              "dropped": np.asarray([f"{d.lead}: {d.reason}" for d in result.dropped], dtype=str)}
     if result.logits is not None:
         arrays["logits"] = result.logits
     if aggregate["features"] is not None:

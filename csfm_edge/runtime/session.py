@@ -17,17 +17,37 @@ from pathlib import Path
 import numpy as np
 
 from csfm_edge.config import SAMPLE_RATE_HZ, WINDOW_SAMPLES
-from csfm_edge.errors import ArtifactError, CsfmError, FlatChannelError, SignalWarning
+from csfm_edge.errors import (
+    ArtifactError,
+    FlatChannelError,
+    LeadError,
+    NonFiniteError,
+    NoSignalError,
+    ParameterError,
+    ShapeError,
+    SignalError,
+    SignalWarning,
+)
 from csfm_edge.leads import PPG_ID, lead_names, resolve_leads
 from csfm_edge.profiles import probe_shape
 from csfm_edge.runtime.backends.base import Backend
 from csfm_edge.runtime.manifest import Manifest, PreprocessingInfo, preprocessing_record, read_manifest
-from csfm_edge.runtime.preprocess import align_rates, sliding_windows
+from csfm_edge.runtime.preprocess import (
+    MIN_DURATION_S,
+    align_rates,
+    check_positive,
+    check_rate,
+    sliding_windows,
+)
 from csfm_edge.spec import SPEC, check_window_length
 
 CHECKPOINT_SUFFIXES = (".pt", ".pth", ".ckpt", ".bin")
 SHORT_RECORD_S = 5.0  # below this a window is mostly zero padding: warn
 PROBE_LEADS = tuple(range(12)) + (PPG_ID,)  # the probe uses the first channels of the table
+# run() warns when a channel's mean or spread is this far from a z-scored window's (0 and 1): raw
+# millivolts or ADC counts given by mistake (a half window of a z-scored one stays well inside).
+ZSCORED_MEAN_MAX = 0.5
+ZSCORED_STD_RATIO = 2.0
 
 
 def open_backend(artifact: Path, manifest: Manifest, provider: str | None = None) -> Backend:
@@ -71,9 +91,24 @@ def check_preprocessing(recorded: PreprocessingInfo) -> int:
     return order
 
 
+@dataclass(frozen=True)
+class DroppedLead:
+    """A lead left out of a whole record (or stream window), and why: ``flat`` or ``missing`` (all NaN)."""
+
+    lead: str
+    reason: str
+
+    def __str__(self) -> str:
+        return f"{self.lead} ({self.reason} for the whole recording)"
+
+
 @dataclass
 class EmbedResult:
-    """Per-window outputs of a recording, their start times and flags, and an aggregate of clean windows."""
+    """Per-window outputs of a recording, their start times and flags, and an aggregate of clean windows.
+
+    A window whose leads were all unusable has NaN features and the flag ``no_signal``; leads unusable in
+    the whole record are in ``dropped`` and absent from ``leads``.
+    """
 
     features: np.ndarray  # [W, dim]
     logits: np.ndarray | None  # [W, classes]
@@ -81,6 +116,7 @@ class EmbedResult:
     flags: list[list[str]]  # per window; empty = clean
     leads: list[str]
     aggregate: dict = field(default_factory=dict)
+    dropped: list[DroppedLead] = field(default_factory=list)
 
     @property
     def clean(self) -> np.ndarray:
@@ -90,15 +126,35 @@ class EmbedResult:
 @dataclass
 class StreamResult:
     end_s: float  # stream time of the window's last sample
-    features: np.ndarray  # [dim]
+    features: np.ndarray | None  # [dim]; None when no lead of the window carried signal
     logits: np.ndarray | None
-    flags: list[str]
+    flags: list[str]  # as EmbedResult's, plus flat:/missing: for leads unusable in the whole window
     latency_s: float  # from the arrival of the window's last sample to this result
     behind: bool  # latency exceeded the hop: the stream is not keeping up
 
 
 class StreamLagWarning(SignalWarning):
     """Results arrive later than one hop after their data: the machine is not keeping up."""
+
+
+def _usable_leads(rows: Sequence[np.ndarray], names: list[str]) -> tuple[list[int], list[DroppedLead]]:
+    """Rows that carry any finite sample, and the leads that do not (missing: all NaN/inf)."""
+    keep, dropped = [], []
+    for row, (values, name) in enumerate(zip(rows, names)):
+        values = np.asarray(values)
+        if values.dtype.kind in "iuf" and values.size and not np.isfinite(values).any():
+            dropped.append(DroppedLead(name, "missing"))
+        else:
+            keep.append(row)
+    return keep, dropped
+
+
+def _refuse_or_drop(dropped: list[DroppedLead], strict: bool, remaining: int) -> None:
+    if dropped and strict:
+        raise FlatChannelError(f"{dropped[0].reason} for the whole recording: lead off or disconnected? "
+                               "(strict: refusing instead of scoring the other leads)", dropped[0].lead)
+    if not remaining:
+        raise NoSignalError("no lead carries signal: " + ", ".join(map(str, dropped)))
 
 
 class Session:
@@ -155,52 +211,83 @@ class Session:
     # --- model inputs -------------------------------------------------------------------------
 
     def run(self, signal: np.ndarray, channel_ids) -> dict[str, np.ndarray]:
-        """Preprocessed ``signal`` float32 [B, C, T] and ``channel_ids`` [C] -> ``features`` (and ``logits``)."""
+        """Preprocessed ``signal`` float32 [B, C, T] and ``channel_ids`` [C] -> ``features`` (and ``logits``).
+
+        Safe from several threads. Windows that do not look z-scored (raw signal given by mistake) are
+        run, with a :class:`~csfm_edge.errors.SignalWarning`: ``embed`` is the call for raw recordings.
+        """
         signal = np.asarray(signal)
-        if signal.ndim != 3:
-            raise CsfmError(f"run() takes preprocessed windows [batch, channels, time], got shape {signal.shape}")
+        if signal.ndim != 3 or signal.dtype.kind not in "iuf":
+            raise ShapeError(f"run() takes preprocessed numeric windows [batch, channels, time], got shape "
+                             f"{signal.shape} of {signal.dtype}")
+        if signal.shape[0] == 0:
+            raise ShapeError("run() got a batch of 0 windows")
         ids = resolve_leads(list(np.asarray(channel_ids).tolist()) if not isinstance(channel_ids, str)
                             else channel_ids)
         if len(ids) != signal.shape[1]:
-            raise CsfmError(f"{signal.shape[1]} channels but {len(ids)} channel ids")
+            raise ShapeError(f"{signal.shape[1]} channels but {len(ids)} channel ids")
         check_window_length(signal.shape[2])
         if not np.isfinite(signal).all():
-            raise CsfmError("preprocessed windows contain NaN or inf")
+            raise NonFiniteError("preprocessed windows contain NaN or inf")
+        mean, std = signal.mean(axis=-1), signal.std(axis=-1)
+        if (np.abs(mean) > ZSCORED_MEAN_MAX).any() or ((std > 0) & ((std < 1 / ZSCORED_STD_RATIO)
+                                                                      | (std > ZSCORED_STD_RATIO))).any():
+            warnings.warn("run() takes z-scored windows (mean 0, std 1 per channel); these are not: use embed() "
+                          "for raw signals", SignalWarning, stacklevel=2)
         return self.backend.run(SPEC.feed(signal, ids))
 
     # --- raw recordings -----------------------------------------------------------------------
 
     def embed(self, signal: np.ndarray | Sequence[np.ndarray], fs: float | Sequence[float], leads, *,
-              hop_s: float = 10.0, batch_size: int = 16, max_gap_s: float = 0.1) -> EmbedResult:
+              hop_s: float = 10.0, batch_size: int = 16, max_gap_s: float = 0.1, strict: bool = False
+              ) -> EmbedResult:
         """A raw recording of any length and rate -> per-window outputs with flags, plus an aggregate.
 
         ``signal`` is [C, N] at ``fs`` Hz, or one 1-D array per lead with ``fs`` one rate per lead
         (aligned at their start). Recordings longer than 10 s become windows every ``hop_s``;
-        shorter ones are zero-padded as the authors do (with a warning under 5 s). Windows touching a
-        flat channel or a gap are flagged and left out of the aggregate, never silently averaged in.
+        shorter ones are zero-padded as the authors do (with a warning under 5 s).
+
+        A lead flat or missing (all NaN) for the whole record is dropped and reported in ``dropped``;
+        the others are scored (``strict=True`` refuses instead). A lead flat or in a long gap in some
+        windows only flags those windows, which are scored on their good leads. Flagged windows are left
+        out of the aggregate, never silently averaged in.
         """
+        check_positive("hop_s", hop_s)
+        check_positive("batch_size", batch_size, integer=True)
+        if leads is None:
+            raise LeadError("name the recording's leads (e.g. leads=['II', 'PPG'])")
         ids = resolve_leads(leads)
         names = lead_names(ids)
-        if isinstance(fs, (list, tuple, np.ndarray)):
-            aligned, fills = align_rates(list(signal), list(fs), names, max_gap_s, long_gaps="flag")
+        multi_rate = isinstance(fs, (list, tuple, np.ndarray))
+        rows = list(signal) if multi_rate else np.asarray(signal)
+        if not multi_rate and rows.ndim == 1:
+            rows = rows[None, :]
+        if len(rows) != len(ids) or (not multi_rate and rows.ndim != 2):
+            raise ShapeError(f"signal has {len(rows)} rows for {len(ids)} leads {names}")
+        keep, dropped = _usable_leads(rows, names)
+        _refuse_or_drop(dropped, strict, len(keep))
+        ids, names = ids[keep], [names[k] for k in keep]
+        if multi_rate:
+            aligned, fills = align_rates([rows[k] for k in keep], [list(fs)[k] for k in keep], names, max_gap_s,
+                                         long_gaps="flag")
             windows = sliding_windows(aligned, SAMPLE_RATE_HZ, ids, hop_s=hop_s, ppg_order=self.ppg_order)
             windows = replace(windows, fills=tuple(fills))
         else:
-            windows = sliding_windows(signal, fs, ids, hop_s=hop_s, ppg_order=self.ppg_order, max_gap_s=max_gap_s,
-                                      long_gaps="flag")
-        never = np.flatnonzero(windows.flat.all(axis=0))
-        if never.size:  # flat in every window: nothing of that lead was recorded (as preprocess refuses)
-            raise FlatChannelError("flat for the whole recording: lead off or disconnected?", names[never[0]])
+            windows = sliding_windows(rows[keep], fs, ids, hop_s=hop_s, ppg_order=self.ppg_order,
+                                      max_gap_s=max_gap_s, long_gaps="flag")
+        never = windows.flat.all(axis=0)  # flat in every window: nothing of that lead was recorded
+        flat_leads = [DroppedLead(names[c], "flat") for c in np.flatnonzero(never)]
+        _refuse_or_drop(flat_leads, strict, int((~never).sum()))
+        if never.any():
+            good = np.flatnonzero(~never)
+            windows = replace(windows.channels(good),
+                              fills=tuple(f for f in windows.fills if f.channel in {names[c] for c in good}))
+            ids, names = ids[good], [names[c] for c in good]
         if windows.signal_s < SHORT_RECORD_S:
             warnings.warn(f"record is only {windows.signal_s:.1f} s: its window is mostly zero padding",
                           SignalWarning, stacklevel=2)
-        outputs: dict[str, list[np.ndarray]] = {}
-        for start in range(0, len(windows.data), batch_size):
-            for name, value in self.run(windows.data[start: start + batch_size], ids).items():
-                outputs.setdefault(name, []).append(value)
-        features = np.concatenate(outputs[SPEC.features])
-        logits = np.concatenate(outputs[SPEC.logits]) if SPEC.logits in outputs else None
-        result = EmbedResult(features, logits, windows.start_s, windows.flags(names), names)
+        features, logits, flags = self._score(windows, ids, names, batch_size)
+        result = EmbedResult(features, logits, windows.start_s, flags, names, dropped=dropped + flat_leads)
         clean = result.clean
         result.aggregate = {
             "windows": len(clean), "clean_windows": int(clean.sum()),
@@ -208,6 +295,28 @@ class Session:
             "logits": logits[clean].mean(axis=0) if logits is not None and clean.any() else None,
         }
         return result
+
+    def _score(self, windows, ids: np.ndarray, names: list[str], batch_size: int
+               ) -> tuple[np.ndarray, np.ndarray | None, list[list[str]]]:
+        """Run every window on the leads usable in it: windows are grouped by their usable leads and batched."""
+        flags = windows.flags(names)
+        usable = ~windows.unusable(names)
+        widths = {name: tensor.width for name, tensor in self.manifest.outputs.items()}
+        outputs = {name: np.full((len(flags), width), np.nan, np.float32) for name, width in widths.items()}
+        groups: dict[tuple[bool, ...], list[int]] = {}
+        for w, mask in enumerate(usable):
+            groups.setdefault(tuple(mask), []).append(w)
+        for mask, members in groups.items():
+            channels = np.flatnonzero(mask)
+            if not channels.size:
+                for w in members:
+                    flags[w].append("no_signal")
+                continue
+            for start in range(0, len(members), batch_size):
+                chunk = members[start: start + batch_size]
+                for name, value in self.run(windows.data[chunk][:, channels], ids[channels]).items():
+                    outputs[name][chunk] = value
+        return outputs[SPEC.features], outputs.get(SPEC.logits), flags
 
     def stream(self, fs: float, leads, *, window_s: float = 10.0, hop_s: float = 1.0) -> Stream:
         return Stream(self, fs, leads, window_s=window_s, hop_s=hop_s)
@@ -220,19 +329,24 @@ class Stream:
     result filters its own window as the preprocessing defines. Latency runs from the arrival of the
     window's last sample to the result; a result later than one hop is marked ``behind`` and warned
     about, so falling behind is never silent.
+
+    A stream never dies on the signal: a window with a lead off, missing or in a gap gives a flagged
+    result scored on its good leads (features ``None`` when none is good), and the next good window a
+    normal one. Only caller errors (wrong shape or type) raise, before anything of the chunk is kept.
     """
 
     def __init__(self, session: Session, fs: float, leads, *, window_s: float = 10.0, hop_s: float = 1.0):
-        if not 0 < window_s <= WINDOW_SAMPLES / SAMPLE_RATE_HZ:
-            raise CsfmError(f"window_s must be in (0, {WINDOW_SAMPLES / SAMPLE_RATE_HZ:g}] s, got {window_s}")
-        if not 0 < hop_s:
-            raise CsfmError(f"hop_s must be > 0, got {hop_s}")
         self.session = session
-        self.fs = float(fs)
         self.ids = resolve_leads(leads)
+        self.names = lead_names(self.ids)
+        self.fs = check_rate(fs, self.ids)
+        longest = WINDOW_SAMPLES / SAMPLE_RATE_HZ
+        if isinstance(window_s, bool) or not isinstance(window_s, (int, float)) \
+                or not MIN_DURATION_S <= window_s <= longest:
+            raise ParameterError(f"window_s must be {MIN_DURATION_S:g} to {longest:g} s, got {window_s!r}")
+        self.hop_s = float(check_positive("hop_s", hop_s))
         self.window = int(round(window_s * self.fs))
-        self.hop = max(int(round(hop_s * self.fs)), 1)
-        self.hop_s = hop_s
+        self.hop = max(int(round(self.hop_s * self.fs)), 1)
         self.ring = np.zeros((len(self.ids), self.window), np.float64)
         self.total = 0  # samples pushed so far
         self.next_emit = self.window
@@ -242,11 +356,7 @@ class Stream:
     def push(self, chunk: np.ndarray) -> list[StreamResult]:
         """Add samples [C, n] (or [n] for one lead); return the results of every hop they complete."""
         arrived = time.perf_counter()
-        chunk = np.asarray(chunk, dtype=np.float64)
-        if chunk.ndim == 1 and len(self.ids) == 1:
-            chunk = chunk[None, :]
-        if chunk.ndim != 2 or chunk.shape[0] != len(self.ids):
-            raise CsfmError(f"chunk must be [{len(self.ids)}, samples], got shape {chunk.shape}")
+        chunk = self._checked(chunk)
         results = []
         position = 0
         while position < chunk.shape[1]:
@@ -257,6 +367,18 @@ class Stream:
                 results.append(self._emit(arrived))
                 self.next_emit += self.hop
         return results
+
+    def _checked(self, chunk) -> np.ndarray:
+        """The chunk as float64 [C, n], or a :class:`ShapeError`; nothing of the stream changes on error."""
+        array = np.asarray(chunk)
+        if array.dtype.kind not in "iuf":
+            raise ShapeError(f"a chunk holds numbers, got {array.dtype} ({type(chunk).__name__})")
+        if array.ndim == 1 and len(self.ids) == 1:
+            array = array[None, :]
+        if array.ndim != 2 or array.shape[0] != len(self.ids):
+            raise ShapeError(f"chunk must be [{len(self.ids)}, samples] for leads {', '.join(self.names)}, "
+                             f"got shape {array.shape}")
+        return array.astype(np.float64, copy=False)
 
     def _write(self, block: np.ndarray) -> None:
         n = block.shape[1]
@@ -272,7 +394,18 @@ class Stream:
     def _emit(self, arrived: float) -> StreamResult:
         split = self.total % self.window
         window = np.concatenate([self.ring[:, split:], self.ring[:, :split]], axis=1)
-        result = self.session.embed(window, self.fs, self.ids, hop_s=self.window / self.fs)
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", SignalWarning)  # short-window padding is the caller's choice
+                result = self.session.embed(window, self.fs, self.ids, hop_s=self.window / self.fs)
+            features = result.features[-1]
+            logits = result.logits[-1] if result.logits is not None else None
+            flags = [f"{d.reason}:{d.lead}" for d in result.dropped] + result.flags[-1]
+            if "no_signal" in flags:
+                features = logits = None
+        except SignalError as exc:  # no lead of this window carries signal (or an unusable one): flag it
+            features = logits = None
+            flags = ["no_signal", str(exc)]
         latency = time.perf_counter() - arrived
         behind = latency > self.hop_s
         self.latencies.append(latency)
@@ -280,8 +413,7 @@ class Stream:
             self.behind_count += 1
             warnings.warn(f"stream result {latency:.3f} s after its data, longer than the {self.hop_s:g} s hop: "
                           "this machine is not keeping up", StreamLagWarning, stacklevel=3)
-        logits = result.logits[-1] if result.logits is not None else None
-        return StreamResult(self.total / self.fs, result.features[-1], logits, result.flags[-1], latency, behind)
+        return StreamResult(self.total / self.fs, features, logits, flags, latency, behind)
 
     def latency_summary(self) -> dict:
         lat = np.asarray(self.latencies) if self.latencies else np.zeros(1)

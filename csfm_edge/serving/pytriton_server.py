@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from csfm_edge.config import WINDOW_SAMPLES
-from csfm_edge.errors import BackendUnavailableError
+from csfm_edge.errors import BackendUnavailableError, CsfmError
 from csfm_edge.leads import lead_set
 from csfm_edge.runtime.session import Session
 from csfm_edge.serving.triton_repo import model_name
@@ -35,11 +35,59 @@ class ServeRequest:
     provider: str | None = None
 
 
+ERROR_OUTPUT = "error"  # per request: empty, or one line saying why this request was not scored
+
+
 class BatchLog:
     """Sizes of the batches the server handed to the model (how well dynamic batching worked)."""
 
     def __init__(self):
         self.sizes: list[int] = []
+        self.mixed = 0  # batches in which bad requests got errors while the others were scored
+
+
+class RequestIsolatingInfer:
+    """PyTriton's inference callable for one lead set: a batch of requests in, one response per request.
+
+    PyTriton fails every request of a batch when the callable raises, and its message carries a
+    traceback with server paths. So nothing raises here: the requests that pass :meth:`Session.run`'s
+    checks are scored together, each bad one (NaN, wrong values) gets NaN outputs and its own one-line
+    reason in the ``error`` output, and the rest of its batch is answered as usual.
+    """
+
+    def __init__(self, session: Session, ids: np.ndarray, log: BatchLog):
+        self.session, self.ids, self.log = session, ids, log
+
+    def _problem(self, signal: np.ndarray) -> str | None:
+        if not np.isfinite(signal).all():
+            return "signal contains NaN or inf: send preprocessed (finite, z-scored) windows"
+        return None
+
+    def __call__(self, requests) -> list[dict[str, np.ndarray]]:
+        signals = [np.asarray(r[SPEC.signal]) for r in requests]
+        errors = [self._problem(x) for x in signals]
+        good = [i for i, e in enumerate(errors) if e is None]
+        self.log.sizes.append(sum(len(signals[i]) for i in good))
+        self.log.mixed += bool(good) and len(good) < len(signals)
+        scored: dict[str, np.ndarray] = {}
+        if good:
+            try:
+                scored = self.session.run(np.concatenate([signals[i] for i in good]), self.ids)
+            except CsfmError as exc:  # one reason for the batch, still as an answer, never a traceback
+                errors = [e or str(exc).splitlines()[0] for e in errors]
+                good = []
+        responses, offset = [], 0
+        widths = {name: t.width for name, t in self.session.manifest.outputs.items()}
+        for i, (window, error) in enumerate(zip(signals, errors)):
+            rows = len(window)
+            if i in good:
+                out = {name: value[offset: offset + rows] for name, value in scored.items()}
+                offset += rows
+            else:
+                out = {name: np.full((rows, width), np.nan, np.float32) for name, width in widths.items()}
+            out[ERROR_OUTPUT] = np.array([[(error or "").encode()]] * rows, dtype=np.bytes_)
+            responses.append(out)
+        return responses
 
 
 def _python_libdir_first() -> None:
@@ -53,7 +101,6 @@ def _python_libdir_first() -> None:
 def start(request: ServeRequest, workspace: Path | None = None):
     """Bind one model per lead set and start Triton in the background; returns (triton, session, log)."""
     try:
-        from pytriton.decorators import batch
         from pytriton.model_config import DynamicBatcher, ModelConfig, Tensor
         from pytriton.triton import Triton, TritonConfig
     except ImportError:
@@ -69,13 +116,9 @@ def start(request: ServeRequest, workspace: Path | None = None):
     triton = Triton(config=config, workspace=None if workspace is None else str(Path(workspace) / "pytriton"))
     outputs = [Tensor(name=name, dtype=np.float32, shape=(tensor.width,))
                for name, tensor in session.manifest.outputs.items()]
+    outputs.append(Tensor(name=ERROR_OUTPUT, dtype=np.bytes_, shape=(1,)))
     for set_name, ids in lead_sets.items():
-
-        @batch
-        def infer(signal: np.ndarray, ids: np.ndarray = ids) -> dict[str, np.ndarray]:
-            log.sizes.append(int(signal.shape[0]))
-            return session.run(signal, ids)
-
+        infer = RequestIsolatingInfer(session, ids, log)
         triton.bind(model_name=model_name(session.model.size, session.precision, set_name), infer_func=infer,
                     inputs=[Tensor(name=SPEC.signal, dtype=np.float32, shape=(len(ids), WINDOW_SAMPLES))],
                     outputs=outputs,

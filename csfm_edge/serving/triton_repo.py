@@ -52,6 +52,8 @@ def fold_channel_ids(source: Path, ids: np.ndarray, target: Path) -> None:
     import onnx  # export extra; the serving side (model_name, PyTriton) runs without it
     from onnx import numpy_helper
 
+    from csfm_edge.export.embed import set_embedded_manifest
+
     model = onnx.load(str(source))
     graph = model.graph
     [channel_input] = [i for i in graph.input if i.name == SPEC.channel_ids]
@@ -63,6 +65,7 @@ def fold_channel_ids(source: Path, ids: np.ndarray, target: Path) -> None:
     dims[1].dim_value = len(ids)
     dims[2].ClearField("dim_param")
     dims[2].dim_value = WINDOW_SAMPLES
+    set_embedded_manifest(model, None)  # the folded graph is another artifact: its manifest is the sidecar
     onnx.save(model, str(target))
 
 
@@ -168,7 +171,7 @@ def write_repository(request: TritonRepoRequest) -> list[Path]:
             else:  # the plan is built on the server's GPU from this folded graph (see BUILD.txt)
                 source = folder / "source.onnx"
                 fold_channel_ids(artifact, ids, source)
-                write_manifest(source, dataclasses.replace(manifest, inputs={
+                write_manifest(source, dataclasses.replace(manifest, graph_sha256=None, inputs={
                     SPEC.signal: TensorInfo("float32", ["batch", len(ids), WINDOW_SAMPLES])}))
                 profile = Profile("triton", AxisRange(1, min(8, request.max_batch), request.max_batch),
                                   AxisRange(len(ids), len(ids), len(ids)), AxisRange(2500, 2500, 2500))
