@@ -19,7 +19,7 @@ from csfm_edge.errors import CsfmError
 
 # Optional dependencies and the extra that brings each.
 EXTRAS = {"torch": "export", "onnx": "export", "matplotlib": "plot", "wfdb": "wfdb", "openvino": "openvino",
-          "neurokit2": "dev", "cuda": "tensorrt"}
+          "neurokit2": "dev", "cuda": "tensorrt", "pyarrow": "table", "pyedflib": "edf"}
 
 
 @dataclass(frozen=True)

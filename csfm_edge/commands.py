@@ -122,35 +122,74 @@ def info(args: argparse.Namespace) -> int:
 
 def run_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("artifact", type=Path, help=".onnx, .plan or a checkpoint (.pt/.pth: PyTorch reference)")
-    p.add_argument("input", type=Path, help="recording: .npz (shared schema), .npy, .csv or WFDB .hea")
+    p.add_argument("inputs", type=Path, nargs="+", metavar="INPUT",
+                   help="recordings (.npz, .npy, .csv, WFDB .hea, .edf, .bdf) or folders of them")
+    p.add_argument("--recursive", action="store_true", help="also read recordings in sub-folders")
     p.add_argument("--fs", type=float, default=None, help="sampling rate in Hz (where the file lacks it)")
-    p.add_argument("--leads", default="auto", help="comma-separated lead names or ids, or auto (from the file)")
+    p.add_argument("--leads", default="auto",
+                   help="comma-separated lead names or ids: picked by name where the file names its leads, in "
+                        "the order given; by position where it does not; auto: the file's own (default)")
+    p.add_argument("--lead-map", type=Path, default=None,
+                   help="JSON {label: lead} or CSV 'label,lead' lines for labels csfm-edge does not know")
     p.add_argument("--hop", type=float, default=10.0, help="seconds between window starts (default 10)")
+    p.add_argument("--strict", action="store_true",
+                   help="refuse a record with a lead flat or missing throughout (default: drop it, score the rest)")
+    p.add_argument("--max-windows", type=int, default=20_000,
+                   help="refuse a record that would make more windows than this (default 20000; memory)")
     p.add_argument("--provider", default=None, help="ONNX Runtime provider: cpu, cuda, tensorrt (default: best)")
     p.add_argument("--check", action="store_true", help="also run the PyTorch reference and print the deviation")
     p.add_argument("--checkpoint", type=Path, help="the checkpoint behind the artifact (for --check)")
-    p.add_argument("--strict", action="store_true",
-                   help="refuse a record with a lead flat or missing throughout (default: drop it, score the rest)")
-    p.add_argument("--out", type=Path, default=None, help="write results to .npz or .json")
+    p.add_argument("--out", type=Path, default=None,
+                   help="one recording: .npz or .json; any number: .parquet (one row per window; failures in "
+                        "NAME.errors.json)")
+    p.add_argument("--force", action="store_true", help="replace an existing --out file")
+    p.add_argument("--resume", action="store_true", help="continue an interrupted --out .parquet batch")
+    p.add_argument("--workers", type=int, default=2, help="threads reading and preprocessing ahead (default 2)")
 
 
 def run(args: argparse.Namespace) -> int:
+    from csfm_edge.fileio import check_output
+    from csfm_edge.recordings.batch import errors_path, find_recordings
+    from csfm_edge.recordings.readers import read_lead_map
+    from csfm_edge.runtime.manifest import manifest_path
+
+    paths = find_recordings(args.inputs, args.recursive)
+    single = len(args.inputs) == 1 and args.inputs[0].is_file()
+    suffix = args.out.suffix.lower() if args.out is not None else None
+    protected = [*paths, args.artifact, manifest_path(args.artifact)]
+    protected += [p for p in (args.lead_map, args.checkpoint) if p is not None]
+    if args.out is not None:  # before any work: nothing of the user's is overwritten, nothing computed in vain
+        check_output(args.out, protected=protected, force=args.force)
+        allowed = (".npz", ".json", ".parquet") if single else (".parquet",)
+        if suffix not in allowed:
+            raise CsfmError(f"--out must end in {' or '.join(allowed)}, not {args.out.suffix!r}"
+                            + ("" if single else " (several recordings make one table)"))
+        if suffix == ".parquet":
+            check_output(errors_path(args.out), protected=protected, force=args.force or args.resume)
+    lead_map = read_lead_map(args.lead_map) if args.lead_map is not None else None
+    leads = None if args.leads.strip().lower() == "auto" else split_list(args.leads)
+    if single and suffix != ".parquet":
+        return _run_one(args, paths[0], leads, lead_map)
+    if args.check:
+        raise CsfmError("--check compares one recording with the PyTorch reference; pass a single file")
+    return _run_batch(args, paths, leads, lead_map)
+
+
+def _run_one(args: argparse.Namespace, path: Path, leads: list[str] | None, lead_map) -> int:
     import time
 
     from csfm_edge.recordings.readers import read_recording
     from csfm_edge.runtime.results import compare_results, write_results
     from csfm_edge.runtime.session import Session
 
-    if args.out is not None and args.out.suffix.lower() not in (".npz", ".json"):
-        raise CsfmError(f"--out must end in .npz or .json, not {args.out.suffix!r}")
-    leads = None if args.leads.strip().lower() == "auto" else split_list(args.leads)
-    recording = read_recording(args.input, args.fs, leads)
+    recording = read_recording(path, args.fs, leads, lead_map)
     session = Session.open(args.artifact, provider=args.provider)
     started = time.perf_counter()
-    result = session.embed(recording.signal, recording.fs, recording.leads, hop_s=args.hop, strict=args.strict)
+    result = session.embed(recording.signal, recording.fs, recording.leads, hop_s=args.hop, strict=args.strict,
+                           max_windows=args.max_windows)
     took = time.perf_counter() - started
     info = session.info()
-    print(f"{args.input.name}: leads {', '.join(recording.leads)}"
+    print(f"{path.name}: leads {', '.join(recording.leads)}"
           + (f" (dropped {', '.join(recording.dropped)}: no CSFM channel)" if recording.dropped else ""))
     if result.dropped:
         print(f"dropped {', '.join(d.lead for d in result.dropped)}: "
@@ -168,14 +207,36 @@ def run(args: argparse.Namespace) -> int:
               f"L2 norm {np.linalg.norm(result.aggregate['features']):.3f}")
     if args.check:
         reference = Session.open(args.artifact, reference=True, checkpoint=args.checkpoint)
-        expected = reference.embed(recording.signal, recording.fs, recording.leads, hop_s=args.hop)
+        expected = reference.embed(recording.signal, recording.fs, recording.leads, hop_s=args.hop,
+                                   strict=args.strict, max_windows=args.max_windows)
         deviation = compare_results(expected, result)
         print(f"check vs PyTorch reference: max abs {deviation['max_abs']:.2e}, "
               f"mean cosine {deviation['mean_cosine']:.6f}, min cosine {deviation['min_cosine']:.6f}")
     if args.out is not None:
-        write_results(args.out, result, info)
+        write_results(args.out, result, {**info, "input": str(path), "lead_mapping": recording.lead_mapping,
+                                         "fs": recording.fs})
         print(f"wrote {args.out}")
     return 0
+
+
+def _run_batch(args: argparse.Namespace, paths: list[Path], leads: list[str] | None, lead_map) -> int:
+    import time
+
+    from csfm_edge.recordings.batch import BatchRequest, errors_path, run_batch
+
+    started = time.perf_counter()
+    summary = run_batch(BatchRequest(args.artifact, paths, out=args.out, fs=args.fs, leads=leads, lead_map=lead_map,
+                                     hop_s=args.hop, strict=args.strict, max_windows=args.max_windows,
+                                     provider=args.provider, resume=args.resume, workers=args.workers))
+    took = time.perf_counter() - started
+    print(f"{summary.scored} of {summary.records} recordings scored ({summary.windows} windows) in {took:.1f} s"
+          + (f"; {summary.skipped} already scored (resumed)" if summary.skipped else "")
+          + (f"; {len(summary.failed)} failed" if summary.failed else ""))
+    for failure in summary.failed:
+        print(f"  failed {failure['path']}: {failure['error']}")
+    if args.out is not None:
+        print(f"wrote {args.out}" + (f" and {errors_path(args.out)}" if summary.failed else ""))
+    return summary.exit_status
 
 
 def _int_list(text: str) -> list[int]:

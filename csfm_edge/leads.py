@@ -98,13 +98,16 @@ def rows_of(channel_ids: Sequence[int] | np.ndarray, wanted: Sequence[int] | np.
     return [ids.index(int(i)) for i in wanted]
 
 
-def clean_label(label: str | bytes) -> str:
-    """A label as files spell it -> a comparable key: bytes decoded, BOM, quotes and outer spaces stripped,
-    inner runs of spaces/underscores folded to one space, upper case."""
+def strip_label(label: str | bytes) -> str:
+    """A label as files spell it, bytes decoded and its BOM, quotes and outer spaces stripped."""
     if isinstance(label, (bytes, np.bytes_)):
         label = bytes(label).decode("utf-8", errors="replace")
-    text = str(label).replace("\ufeff", "").strip().strip("'\"").strip()
-    return re.sub(r"[\s_]+", " ", text).upper()
+    return str(label).replace("\ufeff", "").strip().strip("'\"").strip()
+
+
+def clean_label(label: str | bytes) -> str:
+    """A comparable key for a label: :func:`strip_label`, inner runs of spaces/underscores folded, upper case."""
+    return re.sub(r"[\s_]+", " ", strip_label(label)).upper()
 
 
 def vendor_lead(label: str | bytes, lead_map: Mapping[str, str] | None = None) -> int | None:

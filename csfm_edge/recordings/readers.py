@@ -1,20 +1,37 @@
-"""Reading recordings for ``csfm-edge run``: ``.npz`` (the shared schema), ``.npy``, ``.csv`` and WFDB.
+"""Reading recordings: ``.npz`` (the shared schema), ``.npy``, ``.csv``, WFDB ``.hea`` and EDF/EDF+/BDF.
 
-WFDB goes through the field's own reader (the ``wfdb`` package, extra ``wfdb``), including
-multi-frequency records whose leads have different rates. Every unreadable or inconsistent input
-raises :class:`~csfm_edge.errors.InputFileError` naming the file and the problem.
+One function, :func:`read_recording`, serves the CLI and the Python API. Channel labels are mapped to
+CSFM leads the way recorders spell them ("ECG II", "EKG V1", "Lead aVR", "Pleth", "SpO2 Pleth", b"MLII",
+with a BOM, quotes or spaces), plus a user's ``lead_map`` for anything else; the mapping used is kept
+in the :class:`Recording`. ``leads`` selects by name when the file names its channels (in the order
+given), by position only when it does not. Labels CSFM has no channel for are dropped and listed,
+never silently. Any inconsistency (rows vs names, ``channel_ids`` vs ``leads``, per-lead rates vs
+rows, a rate that is not a finite number) is an :class:`~csfm_edge.errors.InputFileError` naming the
+file and the problem.
+
+EDF/EDF+/BDF go through pyedflib (extra ``edf``): it reads all three (BDF's 24-bit samples too),
+signals at different rates in one file, physical values with their units, and keeps EDF+ annotation
+channels out of the signal list. WFDB goes through the ``wfdb`` package (extra ``wfdb``).
 """
 
 from __future__ import annotations
 
+import csv
+import json
+import math
 import zipfile
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from csfm_edge.errors import InputFileError, LeadError
-from csfm_edge.leads import lead_id, lead_names
+from csfm_edge.leads import LEAD_NAMES, PPG_ID, clean_label, lead_id, strip_label, vendor_lead
+
+READABLE_SUFFIXES = (".npz", ".npy", ".csv", ".hea", ".edf", ".bdf")
+# ECG in physical units other than millivolts is scaled to mV (PPG keeps its arbitrary units).
+TO_MILLIVOLTS = {"V": 1e3, "MV": 1.0, "UV": 1e-3, "\u00b5V".upper(): 1e-3, "\u03bcV".upper(): 1e-3, "NV": 1e-6}
 
 
 @dataclass
@@ -24,105 +41,202 @@ class Recording:
     signal: np.ndarray | list[np.ndarray]
     fs: float | list[float]
     leads: list[str]
-    dropped: list[str] = field(default_factory=list)  # recorded leads CSFM has no channel for
+    dropped: list[str] = field(default_factory=list)  # channel labels CSFM has no lead for
     source: str = ""
+    lead_mapping: dict[str, str] = field(default_factory=dict)  # file label (or "row N") -> CSFM lead
 
 
-def _known_leads(names: list[str], source: str) -> tuple[list[int], list[str], list[str]]:
-    """Rows whose names CSFM knows, their canonical names, and the names dropped."""
-    rows, keep, dropped = [], [], []
-    for row, name in enumerate(names):
+def read_lead_map(path: str | Path) -> dict[str, str]:
+    """A ``--lead-map`` file: a JSON object ``{"label": "lead"}`` or CSV lines ``label,lead``."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except OSError as exc:
+        raise InputFileError(f"lead map {path} is not readable ({exc.strerror or exc})") from None
+    if path.suffix.lower() == ".json":
         try:
-            keep.append(lead_names([lead_id(str(name))])[0])
-            rows.append(row)
-        except LeadError:
-            dropped.append(str(name))
-    if not rows:
-        raise InputFileError(f"{source}: none of its leads {names} is one CSFM knows; name them with --leads")
-    return rows, keep, dropped
+            mapping = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise InputFileError(f"lead map {path.name} is not readable JSON ({exc})") from None
+        if not isinstance(mapping, dict):
+            raise InputFileError(f"lead map {path.name} must be a JSON object of label -> lead")
+    else:
+        rows = [r for r in csv.reader(text.splitlines()) if r and any(c.strip() for c in r)]
+        if any(len(r) != 2 for r in rows):
+            raise InputFileError(f"lead map {path.name}: each line must be 'label,lead'")
+        mapping = {label: lead for label, lead in rows}
+    for label, lead in mapping.items():
+        try:
+            lead_id(str(lead))
+        except LeadError as exc:
+            raise InputFileError(f"lead map {path.name}: {label!r} -> {exc}") from None
+    return {str(k): str(v) for k, v in mapping.items()}
 
 
-def _select(names_in_file: list[str] | None, count: int, leads: list[str] | None, source: str
-            ) -> tuple[list[int], list[str], list[str]]:
-    """``leads`` given: one per row (or the rows named so in the file); ``None``/auto: the file's names."""
-    if leads is None:
-        if names_in_file is None:
+def _requested_id(lead: str | int) -> int:
+    """A ``--leads`` item: a name (aliases and vendor labels too) or a CSFM id given as digits."""
+    if isinstance(lead, str) and lead.strip().isdigit():
+        return lead_id(int(lead.strip()))
+    found = vendor_lead(lead) if isinstance(lead, str) else None
+    return found if found is not None else lead_id(lead)
+
+
+def _select(labels: Sequence[str] | None, count: int, leads: Sequence[str | int] | None, source: str,
+            lead_map: Mapping[str, str] | None, ids: Sequence[int] | None = None
+            ) -> tuple[list[int], list[str], list[str], dict[str, str]]:
+    """Rows to keep, their CSFM lead names, the labels dropped and the label -> lead mapping used.
+
+    ``ids``: the CSFM id the file itself records per row (-1: none)."""
+    if labels is None:
+        if leads is None:
             raise InputFileError(f"{source} names no leads: pass --leads (e.g. --leads II,PPG)")
-        return _known_leads(names_in_file, source)
-    if names_in_file is not None and all(n in names_in_file for n in leads) and len(leads) < count:
-        return [names_in_file.index(n) for n in leads], list(leads), []
-    if len(leads) != count:
-        raise InputFileError(f"{source} has {count} leads but --leads names {len(leads)}")
-    return list(range(count)), list(leads), []
+        if len(leads) != count:
+            raise InputFileError(f"{source} has {count} unnamed rows but --leads names {len(leads)}: name one "
+                                 "lead per row, in order")
+        names = [LEAD_NAMES[_requested_id(lead)] for lead in leads]
+        return list(range(count)), names, [], {f"row {r}": n for r, n in enumerate(names)}
+    if len(labels) != count:
+        raise InputFileError(f"{source} has {count} signal rows but {len(labels)} lead names: they must match")
+    mapped: list[int | None] = []
+    labels = list(labels)
+    for row, label in enumerate(labels):
+        recorded = ids[row] if ids is not None else None
+        if recorded is not None and recorded < 0:  # the file itself says CSFM has no channel for this row
+            labels[row] = f"{label} (no CSFM id)"
+            mapped.append(None)
+            continue
+        found = vendor_lead(label, lead_map)
+        if recorded is not None and found is not None and recorded != found:
+            raise InputFileError(f"{source}: row {row} is named {clean_label(label)!r} ({LEAD_NAMES[found]}) but its "
+                                 f"channel_ids say {LEAD_NAMES[recorded]}: fix the file or pass --lead-map")
+        mapped.append(recorded if recorded is not None else found)
+    seen: dict[int, str] = {}
+    for label, i in zip(labels, mapped):
+        if i is not None and i in seen:
+            raise InputFileError(f"{source}: labels {seen[i]!r} and {label!r} both map to lead {LEAD_NAMES[i]}; "
+                                 "pass --leads to pick one or --lead-map to rename")
+        if i is not None:
+            seen[i] = label
+    if leads is None:
+        rows = [r for r, i in enumerate(mapped) if i is not None]
+        if not rows:
+            raise InputFileError(f"{source}: none of its leads {list(labels)} is one CSFM knows; name them with "
+                                 "--leads or --lead-map")
+    else:
+        rows = []
+        for lead in leads:
+            wanted = _requested_id(lead)
+            if wanted not in mapped:
+                present = ", ".join(f"{label} ({LEAD_NAMES[i]})" if i is not None else str(label)
+                                    for label, i in zip(labels, mapped))
+                raise InputFileError(f"{source} has no lead {LEAD_NAMES[wanted]} (--leads {lead}); it has {present}")
+            rows.append(mapped.index(wanted))
+    names = [LEAD_NAMES[mapped[r]] for r in rows]
+    dropped = [str(labels[r]) for r in range(count) if r not in rows and mapped[r] is None]
+    return rows, names, dropped, {str(labels[r]): n for r, n in zip(rows, names)}
+
+
+def _rate(value, source: str) -> float:
+    try:
+        rate = float(np.asarray(value).item())
+    except (TypeError, ValueError):
+        raise InputFileError(f"{source}: sampling rate {value!r} is not a number") from None
+    if not math.isfinite(rate) or rate <= 0:
+        raise InputFileError(f"{source}: sampling rate {rate} is not a finite positive number")
+    return rate
 
 
 def _need_fs(fs: float | None, source: str) -> float:
     if fs is None:
         raise InputFileError(f"{source} does not record its sampling rate: pass --fs")
-    return fs
+    return _rate(fs, source)
 
 
-def read_recording(path: str | Path, fs: float | None = None, leads: list[str] | None = None) -> Recording:
+def read_recording(path: str | Path, fs: float | None = None, leads: Sequence[str | int] | None = None,
+                   lead_map: Mapping[str, str] | None = None) -> Recording:
     """Read ``path`` by its suffix; ``fs``/``leads`` override or supply what the file lacks."""
     path = Path(path)
     if not path.exists():
         raise InputFileError(f"{path} does not exist")
+    if path.is_dir():
+        raise InputFileError(f"{path} is a folder, not a recording")
     suffix = path.suffix.lower()
     if suffix != ".hea" and path.stat().st_size == 0:
         raise InputFileError(f"{path} is empty")
-    if suffix == ".npz":
-        return _read_npz(path, fs, leads)
-    if suffix == ".npy":
-        try:
-            array = np.load(path, allow_pickle=False)
-        except (ValueError, OSError) as exc:
-            raise InputFileError(f"{path} is not a readable .npy array ({exc})") from None
-        return _rows(array, _need_fs(fs, path.name), None, leads, path.name)
-    if suffix == ".csv":
-        return _read_csv(path, fs, leads)
-    if suffix == ".hea":
-        return _read_wfdb(path, fs, leads)
-    raise InputFileError(f"{path.name}: unknown input type {suffix!r} (use .npz, .npy, .csv or a WFDB .hea)")
+    readers = {".npz": _read_npz, ".npy": _read_npy, ".csv": _read_csv, ".hea": _read_wfdb, ".edf": _read_edf,
+               ".bdf": _read_edf}
+    if suffix not in readers:
+        raise InputFileError(f"{path.name}: unknown input type {suffix!r} (use {', '.join(READABLE_SUFFIXES)})")
+    return readers[suffix](path, fs, leads, lead_map)
 
 
-def _rows(array: np.ndarray, fs: float, names: list[str] | None, leads: list[str] | None, source: str) -> Recording:
+def _rows(array: np.ndarray, fs: float, labels: Sequence[str] | None, leads, source: str, lead_map,
+          ids: Sequence[int] | None = None) -> Recording:
     if array.ndim == 1:
         array = array[None, :]
     if array.ndim != 2 or array.size == 0:
         raise InputFileError(f"{source}: expected a [leads, samples] array, got shape {array.shape}")
-    if array.dtype.kind not in "biuf":
+    if array.dtype.kind not in "iuf":
         raise InputFileError(f"{source}: expected numbers, got dtype {array.dtype}")
-    rows, keep, dropped = _select(names, array.shape[0], leads, source)
-    return Recording(array[rows], fs, keep, dropped, source)
+    rows, names, dropped, mapping = _select(labels, array.shape[0], leads, source, lead_map, ids)
+    return Recording(array[rows], fs, names, dropped, source, mapping)
 
 
-def _read_npz(path: Path, fs: float | None, leads: list[str] | None) -> Recording:
+def _read_npy(path: Path, fs, leads, lead_map) -> Recording:
+    try:
+        array = np.load(path, allow_pickle=False, mmap_mode="r")  # rows are copied as windows are cut
+    except (ValueError, OSError) as exc:
+        raise InputFileError(f"{path} is not a readable .npy array ({exc})") from None
+    return _rows(array, _need_fs(fs, path.name), None, leads, path.name, lead_map)
+
+
+def _read_npz(path: Path, fs, leads, lead_map) -> Recording:
     try:
         with np.load(path, allow_pickle=False) as record:
             if "signal" not in record:
                 raise InputFileError(f"{path.name} has no 'signal' array (fields: signal [C, T], fs, leads)")
             signal = record["signal"]
-            file_fs = float(record["fs"]) if "fs" in record else None
-            names = [str(n) for n in record["leads"]] if "leads" in record else None
-            ids = record["channel_ids"] if "channel_ids" in record else None
+            file_fs = record["fs"] if "fs" in record else None
+            labels = [strip_label(n) for n in np.atleast_1d(record["leads"])] if "leads" in record else None
+            ids = np.atleast_1d(record["channel_ids"]) if "channel_ids" in record else None
     except (zipfile.BadZipFile, ValueError, OSError, EOFError) as exc:
         raise InputFileError(f"{path.name} is not a readable .npz (truncated or corrupt: {exc})") from None
-    if names is not None and ids is not None and leads is None:
-        # the shared schema's ids say which rows CSFM knows (-1: none, e.g. a103l's unnamed 'V')
-        names = [lead_names([i])[0] if i >= 0 else f"{n} (no CSFM id)" for n, i in zip(names, ids)]
-    return _rows(signal, _need_fs(fs if fs is not None else file_fs, path.name), names, leads, path.name)
+    if fs is None and file_fs is not None and np.size(file_fs) > 1:
+        rates = np.ravel(file_fs)
+        if len(rates) != np.shape(signal)[0]:
+            raise InputFileError(f"{path.name}: {len(rates)} sampling rates for {np.shape(signal)[0]} signal rows")
+        if len(set(_rate(r, path.name) for r in rates)) > 1:
+            raise InputFileError(f"{path.name}: rows of one [C, T] array share one sampling rate, but fs gives "
+                                 f"{sorted(set(rates.tolist()))}: store each lead at one rate (or resample first)")
+        file_fs = rates[0]
+    if ids is not None:
+        if len(ids) != np.shape(signal)[0]:
+            raise InputFileError(f"{path.name}: {len(ids)} channel_ids for {np.shape(signal)[0]} signal rows")
+        ids = [int(i) for i in ids]
+        if labels is None:
+            labels = [LEAD_NAMES[i] if i >= 0 else f"row {r}" for r, i in enumerate(ids)]
+    rate = _need_fs(fs if fs is not None else file_fs, path.name)
+    return _rows(np.asarray(signal), rate, labels, leads, path.name, lead_map, ids)
 
 
-def _read_csv(path: Path, fs: float | None, leads: list[str] | None) -> Recording:
-    with open(path) as f:
-        first = f.readline().strip()
-    cells = [c.strip() for c in first.split(",")]
-    header = not all(_is_number(c) for c in cells if c)
+def _read_csv(path: Path, fs, leads, lead_map) -> Recording:
     try:
-        table = np.loadtxt(path, delimiter=",", skiprows=1 if header else 0, ndmin=2)
+        with open(path, encoding="utf-8-sig", newline="") as f:  # -sig: Excel's byte-order mark
+            first = f.readline()
+        dialect = csv.Sniffer().sniff(first, delimiters=",;\t") if first.strip() else csv.excel
+    except (OSError, UnicodeDecodeError) as exc:
+        raise InputFileError(f"{path.name} is not a readable text CSV ({exc})") from None
+    except csv.Error:
+        dialect = csv.excel
+    cells = next(csv.reader([first], dialect))
+    header = not all(_is_number(c) for c in cells if c.strip())
+    try:
+        table = np.loadtxt(path, delimiter=dialect.delimiter, skiprows=1 if header else 0, ndmin=2,
+                           encoding="utf-8-sig")
     except ValueError as exc:
         raise InputFileError(f"{path.name}: not a numeric CSV of one column per lead ({exc})") from None
-    return _rows(table.T, _need_fs(fs, path.name), cells if header else None, leads, path.name)
+    labels = [strip_label(c) for c in cells] if header else None
+    return _rows(table.T, _need_fs(fs, path.name), labels, leads, path.name, lead_map)
 
 
 def _is_number(text: str) -> bool:
@@ -133,7 +247,7 @@ def _is_number(text: str) -> bool:
     return True
 
 
-def _read_wfdb(path: Path, fs: float | None, leads: list[str] | None) -> Recording:
+def _read_wfdb(path: Path, fs, leads, lead_map) -> Recording:
     try:
         import wfdb
     except ImportError:
@@ -142,10 +256,40 @@ def _read_wfdb(path: Path, fs: float | None, leads: list[str] | None) -> Recordi
         record = wfdb.rdrecord(str(path.with_suffix("")), smooth_frames=False)
     except Exception as exc:  # wfdb raises many types for missing .dat files and bad headers
         raise InputFileError(f"{path.name}: WFDB record not readable ({type(exc).__name__}: {exc})") from None
-    names = list(record.sig_name)
-    signals = record.e_p_signal  # one array per lead, each at fs x its samples per frame
     rates = [float(record.fs) * int(spf) for spf in record.samps_per_frame]
-    rows, keep, dropped = _select(names, len(names), leads, path.name)
-    if len(set(rates[r] for r in rows)) == 1:
-        return Recording(np.stack([signals[r] for r in rows]), fs or rates[rows[0]], keep, dropped, path.name)
-    return Recording([signals[r] for r in rows], [rates[r] for r in rows], keep, dropped, path.name)
+    return _per_lead(list(record.sig_name), record.e_p_signal, rates, fs, leads, lead_map, path.name)
+
+
+def _per_lead(labels: list[str], signals: Sequence[np.ndarray], rates: list[float], fs, leads, lead_map,
+              source: str) -> Recording:
+    """Leads stored one array per channel, each at its own rate (WFDB, EDF)."""
+    rows, names, dropped, mapping = _select(labels, len(labels), leads, source, lead_map)
+    if fs is not None:
+        rates = [_rate(fs, source)] * len(rates)
+    chosen = [np.asarray(signals[r], dtype=np.float64) for r in rows]
+    if len({rates[r] for r in rows}) == 1 and len({len(x) for x in chosen}) == 1:
+        return Recording(np.stack(chosen), rates[rows[0]], names, dropped, source, mapping)
+    return Recording(chosen, [rates[r] for r in rows], names, dropped, source, mapping)
+
+
+def _read_edf(path: Path, fs, leads, lead_map) -> Recording:
+    try:
+        import pyedflib
+    except ImportError:
+        raise InputFileError("reading EDF/BDF needs pyedflib: pip install 'csfm-edge[edf]'") from None
+    try:
+        reader = pyedflib.EdfReader(str(path))
+    except OSError as exc:
+        raise InputFileError(f"{path.name}: not a readable EDF/EDF+/BDF file ({exc})") from None
+    try:
+        labels = [str(label) for label in reader.getSignalLabels()]
+        rates = [float(reader.getSampleFrequency(i)) for i in range(len(labels))]
+        units = [str(reader.getPhysicalDimension(i)).strip().upper() for i in range(len(labels))]
+        rows, _, _, _ = _select(labels, len(labels), leads, path.name, lead_map)
+        signals: list[np.ndarray] = [np.empty(0)] * len(labels)
+        for r in rows:  # physical values; ECG scaled to millivolts from the unit the file records
+            scale = 1.0 if vendor_lead(labels[r], lead_map) == PPG_ID else TO_MILLIVOLTS.get(units[r], 1.0)
+            signals[r] = reader.readSignal(r) * scale
+    finally:
+        reader.close()
+    return _per_lead(labels, signals, rates, fs, leads, lead_map, path.name)

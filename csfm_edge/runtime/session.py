@@ -34,6 +34,7 @@ from csfm_edge.runtime.backends.base import Backend
 from csfm_edge.runtime.manifest import Manifest, PreprocessingInfo, preprocessing_record, read_manifest
 from csfm_edge.runtime.preprocess import (
     MIN_DURATION_S,
+    Windows,
     align_rates,
     check_positive,
     check_rate,
@@ -47,6 +48,9 @@ PROBE_LEADS = tuple(range(12)) + (PPG_ID,)  # the probe uses the first channels 
 # run() warns when a channel's mean or spread is this far from a z-scored window's (0 and 1): raw
 # millivolts or ADC counts given by mistake (a half window of a z-scored one stays well inside).
 ZSCORED_MEAN_MAX = 0.5
+# Windows one embed() call may make: each is held preprocessed (C x 10 kB), so 20,000 windows of 12 leads
+# are 2.4 GB. A 24-h record at the default 10-s hop makes 8,640.
+MAX_WINDOWS = 20_000
 ZSCORED_STD_RATIO = 2.0
 
 
@@ -149,6 +153,30 @@ def _usable_leads(rows: Sequence[np.ndarray], names: list[str]) -> tuple[list[in
     return keep, dropped
 
 
+@dataclass
+class Prepared:
+    """A record preprocessed into windows, ready for :meth:`Session.score`."""
+
+    windows: Windows
+    ids: np.ndarray
+    names: list[str]
+    dropped: list[DroppedLead]
+
+
+def _check_window_count(rows, fs, hop_s: float, max_windows: int, multi_rate: bool) -> None:
+    """Refuse, before any preprocessing, a hop that would make more windows than ``max_windows``."""
+    rates = list(fs) if multi_rate else [fs] * len(rows)
+    try:
+        seconds = max(len(np.asarray(r).reshape(-1)) / float(rate) for r, rate in zip(rows, rates))
+    except (TypeError, ValueError, ZeroDivisionError):
+        return  # the rate itself is checked, with its own message, by the preprocessing
+    count = int(max(seconds - WINDOW_SAMPLES / SAMPLE_RATE_HZ, 0) / hop_s) + 1
+    if count > max_windows:
+        raise ParameterError(f"a {hop_s:g}-s hop over {seconds:.0f} s makes {count} windows, more than the "
+                             f"{max_windows} allowed (each held in memory): raise the hop, or the cap with "
+                             "--max-windows (max_windows=)")
+
+
 def _refuse_or_drop(dropped: list[DroppedLead], strict: bool, remaining: int) -> None:
     if dropped and strict:
         raise FlatChannelError(f"{dropped[0].reason} for the whole recording: lead off or disconnected? "
@@ -239,8 +267,8 @@ class Session:
     # --- raw recordings -----------------------------------------------------------------------
 
     def embed(self, signal: np.ndarray | Sequence[np.ndarray], fs: float | Sequence[float], leads, *,
-              hop_s: float = 10.0, batch_size: int = 16, max_gap_s: float = 0.1, strict: bool = False
-              ) -> EmbedResult:
+              hop_s: float = 10.0, batch_size: int = 16, max_gap_s: float = 0.1, strict: bool = False,
+              max_windows: int = MAX_WINDOWS) -> EmbedResult:
         """A raw recording of any length and rate -> per-window outputs with flags, plus an aggregate.
 
         ``signal`` is [C, N] at ``fs`` Hz, or one 1-D array per lead with ``fs`` one rate per lead
@@ -250,10 +278,21 @@ class Session:
         A lead flat or missing (all NaN) for the whole record is dropped and reported in ``dropped``;
         the others are scored (``strict=True`` refuses instead). A lead flat or in a long gap in some
         windows only flags those windows, which are scored on their good leads. Flagged windows are left
-        out of the aggregate, never silently averaged in.
+        out of the aggregate, never silently averaged in. A hop that would make more than
+        ``max_windows`` windows is refused (their preprocessed windows are held in memory).
         """
-        check_positive("hop_s", hop_s)
         check_positive("batch_size", batch_size, integer=True)
+        prepared = self.prepare(signal, fs, leads, hop_s=hop_s, max_gap_s=max_gap_s, strict=strict,
+                                max_windows=max_windows)
+        return self.score(prepared, batch_size)
+
+    def prepare(self, signal: np.ndarray | Sequence[np.ndarray], fs: float | Sequence[float], leads, *,
+                hop_s: float = 10.0, max_gap_s: float = 0.1, strict: bool = False,
+                max_windows: int = MAX_WINDOWS) -> Prepared:
+        """The preprocessing half of :meth:`embed` (no inference): safe to run in worker threads while the
+        engine scores earlier records."""
+        check_positive("hop_s", hop_s)
+        check_positive("max_windows", max_windows, integer=True)
         if leads is None:
             raise LeadError("name the recording's leads (e.g. leads=['II', 'PPG'])")
         ids = resolve_leads(leads)
@@ -264,6 +303,7 @@ class Session:
             rows = rows[None, :]
         if len(rows) != len(ids) or (not multi_rate and rows.ndim != 2):
             raise ShapeError(f"signal has {len(rows)} rows for {len(ids)} leads {names}")
+        _check_window_count(rows, fs, hop_s, max_windows, multi_rate)
         keep, dropped = _usable_leads(rows, names)
         _refuse_or_drop(dropped, strict, len(keep))
         ids, names = ids[keep], [names[k] for k in keep]
@@ -285,9 +325,14 @@ class Session:
             ids, names = ids[good], [names[c] for c in good]
         if windows.signal_s < SHORT_RECORD_S:
             warnings.warn(f"record is only {windows.signal_s:.1f} s: its window is mostly zero padding",
-                          SignalWarning, stacklevel=2)
-        features, logits, flags = self._score(windows, ids, names, batch_size)
-        result = EmbedResult(features, logits, windows.start_s, flags, names, dropped=dropped + flat_leads)
+                          SignalWarning, stacklevel=3)
+        return Prepared(windows, ids, names, dropped + flat_leads)
+
+    def score(self, prepared: Prepared, batch_size: int = 16) -> EmbedResult:
+        """The inference half of :meth:`embed`: every window through the engine, then the aggregate."""
+        features, logits, flags = self._score(prepared.windows, prepared.ids, prepared.names, batch_size)
+        result = EmbedResult(features, logits, prepared.windows.start_s, flags, prepared.names,
+                             dropped=prepared.dropped)
         clean = result.clean
         result.aggregate = {
             "windows": len(clean), "clean_windows": int(clean.sum()),

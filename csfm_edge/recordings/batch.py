@@ -1,0 +1,186 @@
+"""Scoring many recordings with one open model: files and folders in, one Parquet table out.
+
+The model is opened once. Reading and preprocessing run in worker threads (NumPy/SciPy release the
+GIL) a few records ahead of the engine, which scores on the calling thread, so the engine rarely
+waits. Every scored record is written at once as its own part file, so an interrupted batch loses
+nothing scored and ``resume`` continues it; the parts are joined into the table (streamed, not
+held in memory) and removed when the batch ends. A record that fails is listed with its one-line
+reason and the others are scored.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sys
+from collections import deque
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from csfm_edge import __version__
+from csfm_edge.errors import CsfmError, InputFileError
+from csfm_edge.fileio import sha256_of, write_atomically
+from csfm_edge.recordings.readers import READABLE_SUFFIXES, Recording, read_recording
+from csfm_edge.runtime.session import EmbedResult, Prepared, Session
+
+PARTS_SUFFIX = ".parts"
+
+
+def find_recordings(inputs: Sequence[str | Path], recursive: bool = False) -> list[Path]:
+    """Each input file, and every readable recording in each input folder (descending where ``recursive``)."""
+    found: list[Path] = []
+    for item in map(Path, inputs):
+        if item.is_dir():
+            pattern = item.rglob("*") if recursive else item.iterdir()
+            found += sorted(p for p in pattern if p.is_file() and p.suffix.lower() in READABLE_SUFFIXES)
+        elif item.exists():
+            found.append(item)
+        else:
+            raise InputFileError(f"{item} does not exist")
+    if not found:
+        raise InputFileError(f"no recordings ({', '.join(READABLE_SUFFIXES)}) in {', '.join(map(str, inputs))}")
+    return list(dict.fromkeys(found))
+
+
+@dataclass
+class BatchRequest:
+    artifact: Path
+    inputs: list[Path]
+    out: Path | None = None  # .parquet; None: print the summary only
+    recursive: bool = False
+    fs: float | None = None
+    leads: list[str] | None = None
+    lead_map: Mapping[str, str] | None = None
+    hop_s: float = 10.0
+    strict: bool = False
+    max_windows: int = 20_000
+    provider: str | None = None
+    resume: bool = False
+    workers: int = 2
+    progress: bool = True
+
+
+@dataclass
+class BatchSummary:
+    records: int
+    scored: int = 0
+    windows: int = 0
+    skipped: int = 0  # already scored by an interrupted run (resume)
+    failed: list[dict] = field(default_factory=list)  # {"path", "error"}
+
+    @property
+    def exit_status(self) -> int:
+        """0: every record scored; 2: some failed; 1: none was scored."""
+        if not self.failed:
+            return 0
+        return 1 if self.scored + self.skipped == 0 else 2
+
+
+def errors_path(out: Path) -> Path:
+    return out.with_name(out.stem + ".errors.json")
+
+
+def _parts_folder(out: Path) -> Path:
+    return out.with_name(out.name + PARTS_SUFFIX)
+
+
+def _part_name(index: int, digest: str) -> str:
+    return f"{index:07d}-{digest[:16]}.parquet"
+
+
+def _prepare(session: Session, index: int, path: Path, request: BatchRequest, done: set[str]
+             ) -> tuple[Recording, Prepared, str] | None:
+    """Read and preprocess one record (in a worker thread); None where an earlier run scored it already."""
+    digest = sha256_of(path)
+    if _part_name(index, digest) in done:
+        return None
+    recording = read_recording(path, request.fs, request.leads, request.lead_map)
+    prepared = session.prepare(recording.signal, recording.fs, recording.leads, hop_s=request.hop_s,
+                               strict=request.strict, max_windows=request.max_windows)
+    return recording, prepared, digest
+
+
+def _ahead(pool: ThreadPoolExecutor, work: Callable[[int, Path], object], paths: list[tuple[int, Path]],
+           depth: int) -> Iterator[tuple[int, Path, Future]]:
+    """Submit work a few records ahead of the consumer, so memory holds at most ``depth`` prepared records."""
+    queue: deque = deque()
+    for index, path in paths:
+        queue.append((index, path, pool.submit(work, index, path)))
+        if len(queue) >= depth:
+            yield queue.popleft()
+    while queue:
+        yield queue.popleft()
+
+
+def run_batch(request: BatchRequest, session: Session | None = None) -> BatchSummary:
+    """Score every recording of ``request.inputs``; write the table (and its errors file) when ``out`` is set."""
+    from tqdm import tqdm
+
+    paths = find_recordings(request.inputs, request.recursive)
+    summary = BatchSummary(len(paths))
+    parts = _parts_folder(request.out) if request.out is not None else None
+    done: set[str] = set()
+    if parts is not None and parts.exists():
+        if not request.resume:
+            raise CsfmError(f"{parts} holds an interrupted run: pass --resume to continue it, or remove it")
+        done = {p.name for p in parts.glob("*.parquet")}
+    own_session = session is None
+    session = session or Session.open(request.artifact, provider=request.provider)
+    artifact_sha256 = sha256_of(request.artifact)
+    try:
+        if parts is not None:
+            parts.mkdir(exist_ok=True)
+        todo = list(enumerate(paths))
+        bar = tqdm(total=len(paths), unit="rec", disable=not request.progress, dynamic_ncols=True,
+                   mininterval=0.5 if sys.stderr.isatty() else 10.0)  # a log gets a line every 10 s
+        with ThreadPoolExecutor(max(request.workers, 1)) as pool:
+            for index, path, future in _ahead(pool, lambda i, p: _prepare(session, i, p, request, done), todo,
+                                              2 * max(request.workers, 1)):
+                try:
+                    prepared_record = future.result()
+                    if prepared_record is None:
+                        summary.skipped += 1
+                        bar.update()
+                        continue
+                    recording, prepared, digest = prepared_record
+                    result = session.score(prepared)
+                except (CsfmError, OSError, ValueError) as exc:  # a file no reader understands fails alone
+                    summary.failed.append({"path": str(path), "error": str(exc).splitlines()[0]})
+                    bar.update()
+                    continue
+                summary.scored += 1
+                summary.windows += len(result.start_s)
+                if parts is not None:
+                    _write_part(parts / _part_name(index, digest), path, digest, recording, result,
+                                artifact_sha256, session)
+                bar.update()
+                bar.set_postfix(windows=summary.windows, failed=len(summary.failed))
+        bar.close()
+        if request.out is not None:
+            from csfm_edge.recordings.table import join_parts
+
+            metadata = {"artifact": str(request.artifact), "artifact_sha256": artifact_sha256,
+                        "csfm_edge": __version__, "hop_s": request.hop_s, "model": session.info()}
+            join_parts(sorted(parts.glob("*.parquet")), request.out, metadata, session.manifest.outputs)
+            write_atomically(errors_path(request.out), (json.dumps(summary.failed, indent=1) + "\n").encode())
+            shutil.rmtree(parts)
+    finally:
+        if own_session:
+            session.close()
+    return summary
+
+
+def _write_part(target: Path, path: Path, digest: str, recording: Recording, result: EmbedResult,
+                artifact_sha256: str, session: Session) -> None:
+    """One record's rows, written under a temporary name and renamed: a part is whole or absent."""
+    import pyarrow.parquet as pq
+
+    from csfm_edge.recordings.table import record_table
+
+    table = record_table(str(path), digest, recording, result, artifact_sha256, session.manifest.outputs)
+    tmp = target.with_name(f".{target.name}.tmp{os.getpid()}")
+    pq.write_table(table, tmp)
+    os.replace(tmp, target)
