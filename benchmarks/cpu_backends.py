@@ -30,15 +30,17 @@ def main() -> None:
     parser.add_argument("--duration-s", type=float, default=5.0)
     parser.add_argument("--batch", default="1,8")
     parser.add_argument("--json", type=Path, default=None)
+    parser.add_argument("--data", type=Path, default=default_data_dir() or ROOT.parent / "shared" / "data",
+                        help="shared recordings (default $CSFM_EDGE_DATA, else ../shared/data beside the repository)")
     args = parser.parse_args()
-    paths = ensure_artifacts(args.size, ("fp32", "int8", "cpu-fp32", "cpu-int8"), args.artifacts)
+    paths = ensure_artifacts(args.size, ("fp32", "int8", "cpu-fp32", "cpu-int8"), args.artifacts, data_dir=args.data)
     targets = [f"torch:{args.size}", f"torch-fast:{args.size}", f"{paths['fp32']}@cpu", f"{paths['int8']}@cpu",
                f"{paths['cpu-fp32']}@cpu", f"{paths['cpu-int8']}@cpu"]
     if openvino_available():
         targets += [f"{paths['fp32']}@openvino", f"{paths['int8']}@openvino"]
     batches = [int(b) for b in args.batch.split(",")]
     record = run_bench(BenchConfig(targets, batches, ["ii+ppg", "12lead"], [2500], warmup_s=1.0,
-                                   duration_s=args.duration_s, data_dir=default_data_dir(), json_out=args.json))
+                                   duration_s=args.duration_s, data_dir=args.data, json_out=args.json))
     baseline = {(r["lead_set"], r["batch"]): r["latency_ms"]["median_ms"] for r in record["results"]
                 if r["target"].startswith("torch-fast:")}
     print(f"\nCSFM {args.size} on {record['machine']['cpu']} ({record['machine']['cores']} cores); "

@@ -32,11 +32,13 @@ def main() -> None:
     parser.add_argument("--precision", default="int8")
     parser.add_argument("--provider", default=None, help="default: the best CPU backend installed")
     parser.add_argument("--duration-s", type=float, default=5.0)
+    parser.add_argument("--data", type=Path, default=default_data_dir() or ROOT.parent / "shared" / "data",
+                        help="shared recordings (default $CSFM_EDGE_DATA, else ../shared/data beside the repository)")
     args = parser.parse_args()
-    data = default_data_dir()
+    data = args.data if args.data.is_dir() else None
     if data is None:
         raise SystemExit("needs the shared recordings (../shared/data or $CSFM_EDGE_DATA) for a103l")
-    onnx = ensure_artifacts("tiny", (args.precision,), args.artifacts)[args.precision]
+    onnx = ensure_artifacts("tiny", (args.precision,), args.artifacts, data_dir=args.data)[args.precision]
     signal, fs, ids = read_npz_record(data / f"{BEDSIDE_RECORD}.npz")
     rows = [int(np.flatnonzero(ids == i)[0]) for i in (1, 12)]
     record = signal[rows]

@@ -59,11 +59,16 @@ def clients(url: str, name: str, window: np.ndarray, count: int, seconds: float)
     return latencies
 
 
+ROOT = Path(__file__).resolve().parents[1]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("artifact", type=Path)
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--provider", default=None)
+    parser.add_argument("--data", type=Path, default=default_data_dir() or ROOT.parent / "shared" / "data",
+                        help="shared recordings (default $CSFM_EDGE_DATA, else ../shared/data beside the repository)")
     args = parser.parse_args()
     port = free_port()
     ids = [1, 12]
@@ -72,7 +77,7 @@ def main() -> None:
                                                   max_queue_delay_us=2000, provider=args.provider), Path(workspace))
         try:
             name = model_name(session.model.size, session.precision, "ii+ppg")
-            windows = real_batch(lead_set_batches(default_data_dir()), ids, 32)
+            windows = real_batch(lead_set_batches(args.data), ids, 32)
             info = session.info()
             print(f"CSFM {info['size']} {info['precision']} on {info['backend']} ({info['provider']}), "
                   f"lead II + PPG, 10-s windows, loopback")

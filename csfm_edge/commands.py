@@ -41,8 +41,8 @@ def export_flags(p: argparse.ArgumentParser) -> None:
                    help="comma-separated: fp32, fp16, int8 (portable, TensorRT-ready); cpu-fp32, cpu-int8 "
                         "(ONNX Runtime CPU graphs with fused attention)")
     p.add_argument("--data", type=Path, default=None,
-                   help="recordings for verification (default $CSFM_EDGE_DATA or ../shared/data, "
-                        "else the ECG shipped with the package)")
+                   help="folder of the shared recordings for verification (default $CSFM_EDGE_DATA, else the "
+                        "ECG shipped with the package)")
     p.add_argument("--calibration-data", type=Path, help="recordings for INT8 calibration (default: --data)")
     p.add_argument("--calibration-method", default="minmax", choices=("minmax", "entropy", "percentile"))
     p.add_argument("--opset", type=int, default=17)

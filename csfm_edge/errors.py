@@ -44,7 +44,11 @@ class FlatChannelError(SignalError):
 
 
 class NoSignalError(SignalError):
-    """No lead of a record (or of a stream window) carries signal: nothing can be scored."""
+    """No lead of a record (or of a stream window) carries signal: nothing can be scored.
+
+    ``dropped`` lists the leads and why each was unusable."""
+
+    dropped: list = []
 
 
 class ImplausibleSignalError(SignalError):

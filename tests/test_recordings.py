@@ -207,3 +207,61 @@ def test_a_hop_that_makes_too_many_windows_is_refused(tiny_artifacts, data_dir):
     with Session.open(tiny_artifacts["int8"]) as session, pytest.raises(ParameterError, match="80001 windows"):
         signal, fs, ids = load_record(data_dir / "a103l.npz")
         session.embed(signal, fs, ids, hop_s=0.004)
+
+
+def test_a_long_record_is_scored_in_bounded_memory(tiny_artifacts, tmp_path, data_dir):
+    """12 h of real bedside II + PPG (a103l tiled), memory-mapped: peak memory stays within the record's raw
+    float32 size plus 1 GB, and the windows equal whole-record processing away from the record's ends."""
+    signal, fs, ids = load_record(data_dir / "a103l.npz")
+    hours = 12
+    tiled = np.tile(signal.astype(np.float32), int(np.ceil(hours * 3600 * fs / signal.shape[1])))
+    tiled = tiled[:, : int(hours * 3600 * fs)]
+    path = tmp_path / "holter.npy"
+    np.save(path, tiled)
+    raw_bytes = tiled.nbytes
+    del tiled
+    out = tmp_path / "holter.json"
+    # VmHWM, not ru_maxrss: Linux carries the forking parent's (pytest's) peak into the child's ru_maxrss
+    code = ("import re, sys; from pathlib import Path; from csfm_edge.cli import main; "
+            f"rc = main(['run', {str(tiny_artifacts['int8'])!r}, {str(path)!r}, '--fs', '250', '--leads', 'II,PPG', "
+            f"'--hop', '60', '--provider', 'cpu', '--out', {str(out)!r}]); "
+            "hwm = re.search(r'VmHWM:\\s+(\\d+) kB', Path('/proc/self/status').read_text()).group(1); "
+            "print('peak', int(hwm) * 1024); sys.exit(rc)")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr
+    peak = int(done.stdout.split("peak")[-1])
+    assert peak < raw_bytes + (1 << 30), (peak, raw_bytes)
+    result = json.loads(out.read_text())
+    assert len(result["start_s"]) == (hours * 3600 - 10) // 60 + 2  # every 60 s, and the window ending at the end
+    assert result["start_s"][-1] == hours * 3600 - 10
+
+
+def test_edf_rows_read_only_the_stretch_asked_for(tmp_path, bedside):
+    signal, fs = bedside
+    ecg, ppg = signal[0, : int(120 * fs)], signal[2, : int(120 * fs)]
+    path = _edf(tmp_path / "one-rate.edf", [ecg, ppg], ["EKG II", "PPG"], [250, 250], ["mV", "NU"],
+                pyedflib.FILETYPE_EDFPLUS)
+    recording = read_recording(path)
+    rows = recording.signal
+    assert rows.shape == (2, int(120 * fs)) and recording.fs == 250.0
+    whole = np.asarray(rows)
+    np.testing.assert_array_equal(rows[:, 5000:7500], whole[:, 5000:7500])
+    np.testing.assert_allclose(whole[1], ppg, atol=1e-3)
+
+
+def test_long_records_in_segments_equal_whole_record_processing(tiny_artifacts, data_dir, monkeypatch):
+    from csfm_edge.runtime import session as session_module
+
+    signal, fs, ids = load_record(data_dir / "mitdb100_5min.npz")
+    record = np.tile(signal[:1], 8)  # 40 min of MLII: longer than LONG_RECORD_S
+    record[0, int(1500 * fs): int(2000 * fs)] = 0.0  # the lead off for 500 s inside it
+    with Session.open(tiny_artifacts["fp32"], provider="cpu") as session:
+        segmented = session.embed(record, fs, ids[:1], hop_s=30)
+        monkeypatch.setattr(session_module, "segment_plan", lambda *args: None)
+        whole = session.embed(record, fs, ids[:1], hop_s=30)
+    assert segmented.flags == whole.flags and sum("no_signal" in f for f in whole.flags) > 10
+    scored = np.isfinite(whole.features).all(axis=1)
+    np.testing.assert_array_equal(np.isfinite(segmented.features).all(axis=1), scored)
+    inner = scored.copy()
+    inner[[0, -1]] = False  # the two end windows: whole-record resampling wraps the record's ends together
+    assert np.abs(segmented.features[inner] - whole.features[inner]).max() < 1e-4

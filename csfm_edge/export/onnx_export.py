@@ -163,11 +163,13 @@ def export(request: ExportRequest) -> list[Path]:
     return written
 
 
-def ensure_artifacts(size: str, precisions: tuple[str, ...], out_dir: Path, seed: int = 0) -> dict[str, Path]:
+def ensure_artifacts(size: str, precisions: tuple[str, ...], out_dir: Path, seed: int = 0,
+                     data_dir: Path | None = None) -> dict[str, Path]:
     """``{precision: path}`` of UNTRAINED seeded artifacts in ``out_dir``, exporting the missing ones
-    (for the demo and the benchmarks, which reuse what an earlier run exported)."""
+    (for the demo and the benchmarks, which reuse what an earlier run exported); ``data_dir`` as for export."""
     paths = {p: out_dir / f"{artifact_stem(size, p)}.onnx" for p in precisions}
     missing = tuple(p for p, path in paths.items() if not path.exists())
     if missing:
-        export(ExportRequest(size=size, out_dir=out_dir, seed=seed, precisions=missing, data_dir=default_data_dir()))
+        export(ExportRequest(size=size, out_dir=out_dir, seed=seed, precisions=missing,
+                             data_dir=data_dir or default_data_dir()))
     return paths

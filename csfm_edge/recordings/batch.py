@@ -20,10 +20,13 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
+
 from csfm_edge import __version__
 from csfm_edge.errors import CsfmError, InputFileError
 from csfm_edge.fileio import sha256_of, write_atomically
 from csfm_edge.recordings.readers import READABLE_SUFFIXES, Recording, read_recording
+from csfm_edge.runtime.preprocess import segment_plan
 from csfm_edge.runtime.session import EmbedResult, Prepared, Session
 
 PARTS_SUFFIX = ".parts"
@@ -92,12 +95,15 @@ def _part_name(index: int, digest: str) -> str:
 
 
 def _prepare(session: Session, index: int, path: Path, request: BatchRequest, done: set[str]
-             ) -> tuple[Recording, Prepared, str] | None:
+             ) -> tuple[Recording, Prepared | None, str] | None:
     """Read and preprocess one record (in a worker thread); None where an earlier run scored it already."""
     digest = sha256_of(path)
     if _part_name(index, digest) in done:
         return None
     recording = read_recording(path, request.fs, request.leads, request.lead_map)
+    if not isinstance(recording.fs, list) and segment_plan(np.shape(recording.signal)[1], recording.fs,
+                                                            request.hop_s) is not None:
+        return recording, None, digest  # long: scored segment by segment on the engine's thread
     prepared = session.prepare(recording.signal, recording.fs, recording.leads, hop_s=request.hop_s,
                                strict=request.strict, max_windows=request.max_windows)
     return recording, prepared, digest
@@ -146,7 +152,9 @@ def run_batch(request: BatchRequest, session: Session | None = None) -> BatchSum
                         bar.update()
                         continue
                     recording, prepared, digest = prepared_record
-                    result = session.score(prepared)
+                    result = session.score(prepared) if prepared is not None else session.embed(
+                        recording.signal, recording.fs, recording.leads, hop_s=request.hop_s, strict=request.strict,
+                        max_windows=request.max_windows)
                 except (CsfmError, OSError, ValueError) as exc:  # a file no reader understands fails alone
                     summary.failed.append({"path": str(path), "error": str(exc).splitlines()[0]})
                     bar.update()

@@ -32,12 +32,10 @@ AMBULATORY_RECORD = "mitdb100_5min"  # MLII, V5 at 360 Hz, 300 s
 
 
 def default_data_dir() -> Path | None:
-    """``$CSFM_EDGE_DATA``, else ``../shared/data`` from the working directory, else None."""
+    """``$CSFM_EDGE_DATA``, else None (the sample that ships with the package). Never the current folder:
+    a command must do the same wherever it is run from."""
     env = os.environ.get("CSFM_EDGE_DATA")
-    if env:
-        return Path(env)
-    shared = Path.cwd().parent / "shared" / "data"
-    return shared if shared.is_dir() else None
+    return Path(env) if env else None
 
 
 @dataclass(frozen=True)
@@ -70,7 +68,10 @@ def _windows(path: Path, ids: tuple[int, ...], count: int, first_s: float) -> np
 
 def lead_set_batches(data_dir: Path | None, batch: int = 4, split: str = "verify") -> list[LeadSetBatch]:
     """Real windows per lead set in ``data_dir`` (vendored ECG if None); ``split`` verify or calibrate."""
-    if data_dir is None or not Path(data_dir).is_dir():
+    if data_dir is not None and not Path(data_dir).is_dir():
+        raise InputFileError(f"data folder {data_dir} does not exist (pass --data with the shared recordings' folder, "
+                             "or leave it out to use the sample that ships with the package)")
+    if data_dir is None:
         recording = sample_ecg()
         windows = sliding_windows(recording.signal, recording.fs, recording.leads, hop_s=4.0).data
         picked = windows[:batch] if split == "verify" else windows[::-1][:batch]

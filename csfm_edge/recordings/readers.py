@@ -272,6 +272,39 @@ def _per_lead(labels: list[str], signals: Sequence[np.ndarray], rates: list[floa
     return Recording(chosen, [rates[r] for r in rows], names, dropped, source, mapping)
 
 
+class EdfRows:
+    """The chosen rows of a single-rate EDF/BDF, read on demand: ``rows[:, start:stop]`` reads only that
+    stretch, so a 24-h Holter is scored a segment at a time (``np.asarray(rows)`` reads all of it)."""
+
+    ndim = 2
+    dtype = np.dtype(np.float64)
+
+    def __init__(self, path: Path, rows: list[int], scales: list[float], samples: int):
+        self.path, self.rows, self.scales = path, rows, scales
+        self.shape = (len(rows), samples)
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, key) -> np.ndarray:
+        import pyedflib
+
+        rows, columns = key if isinstance(key, tuple) else (key, slice(None))
+        start, stop, step = columns.indices(self.shape[1]) if isinstance(columns, slice) else (columns, columns + 1, 1)
+        picked = np.arange(len(self.rows))[rows]
+        reader = pyedflib.EdfReader(str(self.path))
+        try:
+            out = np.stack([reader.readSignal(self.rows[i], start, max(stop - start, 0)) * self.scales[i]
+                            for i in np.atleast_1d(picked)])
+        finally:
+            reader.close()
+        out = out[:, ::step]
+        return out if np.ndim(picked) else out[0]
+
+    def __array__(self, dtype=None, copy=None) -> np.ndarray:
+        return self[:, :].astype(dtype or self.dtype, copy=False)
+
+
 def _read_edf(path: Path, fs, leads, lead_map) -> Recording:
     try:
         import pyedflib
@@ -285,10 +318,16 @@ def _read_edf(path: Path, fs, leads, lead_map) -> Recording:
         labels = [str(label) for label in reader.getSignalLabels()]
         rates = [float(reader.getSampleFrequency(i)) for i in range(len(labels))]
         units = [str(reader.getPhysicalDimension(i)).strip().upper() for i in range(len(labels))]
-        rows, _, _, _ = _select(labels, len(labels), leads, path.name, lead_map)
+        lengths = [int(n) for n in reader.getNSamples()]
+        rows, names, dropped, mapping = _select(labels, len(labels), leads, path.name, lead_map)
+        # physical values; ECG scaled to millivolts from the unit the file records
+        scales = [1.0 if vendor_lead(labels[r], lead_map) == PPG_ID else TO_MILLIVOLTS.get(units[r], 1.0)
+                  for r in rows]
+        if len({rates[r] for r in rows}) == 1 and len({lengths[r] for r in rows}) == 1:
+            rate = _rate(fs, path.name) if fs is not None else rates[rows[0]]
+            return Recording(EdfRows(path, rows, scales, lengths[rows[0]]), rate, names, dropped, path.name, mapping)
         signals: list[np.ndarray] = [np.empty(0)] * len(labels)
-        for r in rows:  # physical values; ECG scaled to millivolts from the unit the file records
-            scale = 1.0 if vendor_lead(labels[r], lead_map) == PPG_ID else TO_MILLIVOLTS.get(units[r], 1.0)
+        for r, scale in zip(rows, scales):
             signals[r] = reader.readSignal(r) * scale
     finally:
         reader.close()

@@ -50,6 +50,10 @@ ZSCORE_EPS = 1e-8
 FLAT_STD = 1e-6
 MIN_DURATION_S = 1.0
 FILTER_MARGIN_S = 30.0
+# Records longer than this are preprocessed segment by segment (memory bounded in record length).
+LONG_RECORD_S = 30 * 60.0
+SEGMENT_S = 10 * 60.0
+SEGMENT_MARGIN_S = 60.0
 # Sampling rates: the PPG band-pass reaches 8 Hz, so a rate must exceed twice that (25-Hz wrist PPG
 # passes); above 20 kHz no cardiac recorder samples (a rate in the wrong unit). ECG below 100 Hz loses
 # the QRS complex's energy: allowed, with a warning.
@@ -427,29 +431,74 @@ def sliding_windows(
     ppg_order: int = DEFAULT_PPG_ORDER,
     max_gap_s: float = 0.1,
     long_gaps: str = "raise",
+    offsets: Sequence[int] | None = None,
 ) -> Windows:
     """A whole record -> z-scored windows every ``hop_s`` seconds, each with its flags.
 
     The record is resampled and filtered once, as the authors do, then cut (the last window ends at
     the record's end, so no tail is lost); a record shorter than 10 s gives one zero-padded window.
     Flat channels are reported in ``flat`` rather than raised, so a caller scoring many windows can
-    flag them; ``long_gaps="flag"`` does the same for NaN runs beyond ``max_gap_s``.
+    flag them; ``long_gaps="flag"`` does the same for NaN runs beyond ``max_gap_s``. ``offsets``
+    (250-Hz samples) cuts those windows instead of every ``hop_s`` (a segment of a long record).
     """
     check_positive("hop_s", hop_s)
     x, fs, ids, names = validate(signal, fs, leads)
     filled = ~np.isfinite(x)
     fills = fill_gaps(x, fs, names, max_gap_s, long_gaps)
     filtered = filter_record(to_model_rate(x, fs), ids, ppg_order)
-    n = filtered.shape[-1]
-    hop = max(int(round(hop_s * SAMPLE_RATE_HZ)), 1)
-    offsets = list(range(0, max(n - WINDOW_SAMPLES, 0) + 1, hop))
-    if n > WINDOW_SAMPLES and offsets[-1] != n - WINDOW_SAMPLES:
-        offsets.append(n - WINDOW_SAMPLES)
+    if offsets is None:
+        offsets = window_offsets(filtered.shape[-1], hop_s)
     cuts = np.stack([select_window(filtered, o) for o in offsets])
     starts = np.asarray(offsets) / SAMPLE_RATE_HZ
     flat = np.stack([flat_mask(x, fs, start, cut) for start, cut in zip(starts, cuts)])
     partly_flat, clipped, amplitude = window_quality(x, fs, starts, filled)
     return Windows(zscore(cuts), starts, flat, tuple(fills), x.shape[1] / fs, partly_flat & ~flat, clipped, amplitude)
+
+
+def window_offsets(samples: int, hop_s: float) -> list[int]:
+    """Window starts (250-Hz samples) every ``hop_s`` in a record of ``samples``; the last window ends at the
+    record's end, so no tail is lost."""
+    hop = max(int(round(hop_s * SAMPLE_RATE_HZ)), 1)
+    offsets = list(range(0, max(samples - WINDOW_SAMPLES, 0) + 1, hop))
+    if samples > WINDOW_SAMPLES and offsets[-1] != samples - WINDOW_SAMPLES:
+        offsets.append(samples - WINDOW_SAMPLES)
+    return offsets
+
+
+@dataclass(frozen=True)
+class Segment:
+    """Raw samples [start, stop) of a long record, and the 250-Hz offsets of its windows within them."""
+
+    start: int
+    stop: int
+    offsets: tuple[int, ...]
+
+
+def segment_plan(samples: int, fs: float, hop_s: float) -> list[Segment] | None:
+    """How a record longer than ``LONG_RECORD_S`` is preprocessed in bounded memory: the windows starting
+    in each ``SEGMENT_S`` stretch are made from that stretch plus ``SEGMENT_MARGIN_S`` on each side, so
+    each is resampled and filtered with at least a minute of its own context (equal to whole-record
+    processing to float32 rounding away from the record's two ends). None for a shorter record, or a rate
+    whose segment starts do not fall on the 250-Hz grid (non-integer rates): those run whole."""
+    if samples / fs <= LONG_RECORD_S or not float(fs).is_integer():
+        return None
+    grid = int(SAMPLE_RATE_HZ) // math.gcd(int(fs), int(SAMPLE_RATE_HZ))  # 250-Hz samples per whole raw sample
+    total = int(samples * SAMPLE_RATE_HZ / fs)
+    offsets = window_offsets(total, hop_s)
+    span, margin = int(SEGMENT_S * SAMPLE_RATE_HZ), int(SEGMENT_MARGIN_S * SAMPLE_RATE_HZ)
+    plan, first = [], 0
+    for begin in range(0, total, span):
+        last = first
+        while last < len(offsets) and offsets[last] < begin + span:
+            last += 1
+        if last > first:
+            low = max(offsets[first] - margin, 0)
+            low -= low % grid
+            high = min(offsets[last - 1] + WINDOW_SAMPLES + margin, total)
+            plan.append(Segment(int(low * fs / SAMPLE_RATE_HZ), min(math.ceil(high * fs / SAMPLE_RATE_HZ), samples),
+                                tuple(o - low for o in offsets[first:last])))
+        first = last
+    return plan
 
 
 def align_rates(leads_signals: Sequence[np.ndarray], rates: Sequence[float], names: Sequence[str],

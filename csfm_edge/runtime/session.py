@@ -34,10 +34,12 @@ from csfm_edge.runtime.backends.base import Backend
 from csfm_edge.runtime.manifest import Manifest, PreprocessingInfo, preprocessing_record, read_manifest
 from csfm_edge.runtime.preprocess import (
     MIN_DURATION_S,
+    Segment,
     Windows,
     align_rates,
     check_positive,
     check_rate,
+    segment_plan,
     sliding_windows,
 )
 from csfm_edge.spec import SPEC, check_window_length
@@ -163,13 +165,17 @@ class Prepared:
     dropped: list[DroppedLead]
 
 
-def _check_window_count(rows, fs, hop_s: float, max_windows: int, multi_rate: bool) -> None:
-    """Refuse, before any preprocessing, a hop that would make more windows than ``max_windows``."""
+def _duration_s(rows, fs, multi_rate: bool) -> float:
+    """The record's length in seconds (0 where the rate itself is unusable: checked later, with its message)."""
     rates = list(fs) if multi_rate else [fs] * len(rows)
     try:
-        seconds = max(len(np.asarray(r).reshape(-1)) / float(rate) for r, rate in zip(rows, rates))
-    except (TypeError, ValueError, ZeroDivisionError):
-        return  # the rate itself is checked, with its own message, by the preprocessing
+        return max(np.shape(r)[-1] / float(rate) for r, rate in zip(rows, rates))
+    except (TypeError, ValueError, ZeroDivisionError, IndexError):
+        return 0.0
+
+
+def _check_window_count(seconds: float, hop_s: float, max_windows: int) -> None:
+    """Refuse, before any preprocessing, a hop that would make more windows than ``max_windows``."""
     count = int(max(seconds - WINDOW_SAMPLES / SAMPLE_RATE_HZ, 0) / hop_s) + 1
     if count > max_windows:
         raise ParameterError(f"a {hop_s:g}-s hop over {seconds:.0f} s makes {count} windows, more than the "
@@ -177,12 +183,25 @@ def _check_window_count(rows, fs, hop_s: float, max_windows: int, multi_rate: bo
                              "--max-windows (max_windows=)")
 
 
-def _refuse_or_drop(dropped: list[DroppedLead], strict: bool, remaining: int) -> None:
+def _aggregate(result: EmbedResult) -> dict:
+    """Window count, clean-window count and the mean outputs of the clean windows."""
+    clean = result.clean
+    return {"windows": len(clean), "clean_windows": int(clean.sum()),
+            "features": result.features[clean].mean(axis=0) if clean.any() else None,
+            "logits": result.logits[clean].mean(axis=0) if result.logits is not None and clean.any() else None}
+
+
+def _refuse_or_drop(dropped: list[DroppedLead], strict: bool, remaining: int,
+                    earlier: Sequence[DroppedLead] = ()) -> None:
+    """Refuse lead-off leads under ``strict``, and a record with no lead left (the error lists them all)."""
     if dropped and strict:
         raise FlatChannelError(f"{dropped[0].reason} for the whole recording: lead off or disconnected? "
                                "(strict: refusing instead of scoring the other leads)", dropped[0].lead)
     if not remaining:
-        raise NoSignalError("no lead carries signal: " + ", ".join(map(str, dropped)))
+        every = [*earlier, *dropped]
+        error = NoSignalError("no lead carries signal: " + ", ".join(map(str, every)))
+        error.dropped = every
+        raise error
 
 
 class Session:
@@ -282,13 +301,56 @@ class Session:
         ``max_windows`` windows is refused (their preprocessed windows are held in memory).
         """
         check_positive("batch_size", batch_size, integer=True)
+        check_positive("hop_s", hop_s)
+        if not isinstance(fs, (list, tuple, np.ndarray)) and np.ndim(signal) == 2 and leads is not None:
+            plan = segment_plan(np.shape(signal)[1], check_rate(fs, resolve_leads(leads)), hop_s)
+            if plan is not None:
+                _check_window_count(np.shape(signal)[1] / float(fs), hop_s, max_windows)
+                return self._embed_segments(signal, float(fs), leads, plan, hop_s, batch_size, max_gap_s, strict)
         prepared = self.prepare(signal, fs, leads, hop_s=hop_s, max_gap_s=max_gap_s, strict=strict,
                                 max_windows=max_windows)
         return self.score(prepared, batch_size)
 
+    def _embed_segments(self, signal, fs: float, leads, plan: list[Segment], hop_s: float, batch_size: int,
+                        max_gap_s: float, strict: bool) -> EmbedResult:
+        """A long record, segment by segment: only one segment's samples and windows are held at a time
+        (``signal`` may be a memory map or a lazy reader). Leads unusable in a whole segment are flagged in
+        its windows; only leads unusable in every segment are reported as dropped."""
+        names = lead_names(resolve_leads(leads))
+        parts: list[tuple[EmbedResult, float]] = []
+        for segment in plan:
+            chunk = np.asarray(signal[:, segment.start: segment.stop])
+            try:
+                prepared = self.prepare(chunk, fs, leads, hop_s=hop_s, max_gap_s=max_gap_s, offsets=segment.offsets)
+                part = self.score(prepared, batch_size)
+            except NoSignalError as exc:
+                width = {name: t.width for name, t in self.manifest.outputs.items()}
+                empty = {name: np.full((len(segment.offsets), w), np.nan, np.float32) for name, w in width.items()}
+                part = EmbedResult(empty[SPEC.features], empty.get(SPEC.logits),
+                                   np.asarray(segment.offsets) / SAMPLE_RATE_HZ,
+                                   [["no_signal"] for _ in segment.offsets], [], dropped=getattr(exc, "dropped", []))
+            parts.append((part, segment.start / fs))
+        everywhere = [n for n in names if all(n not in part.leads for part, _ in parts)]
+        dropped = []
+        for name in everywhere:
+            reasons = {d.reason for part, _ in parts for d in part.dropped if d.lead == name}
+            dropped.append(DroppedLead(name, "missing" if reasons == {"missing"} else "flat"))
+        _refuse_or_drop(dropped, strict, len(names) - len(dropped))
+        flags = []
+        for part, _ in parts:
+            local = [f"{d.reason}:{d.lead}" for d in part.dropped if d.lead not in everywhere]
+            flags += [local + f for f in part.flags]
+        features = np.concatenate([part.features for part, _ in parts])
+        logits = np.concatenate([part.logits for part, _ in parts]) if self.manifest.has_head else None
+        start_s = np.concatenate([part.start_s + shift for part, shift in parts])
+        result = EmbedResult(features, logits, start_s, flags, [n for n in names if n not in everywhere],
+                             dropped=dropped)
+        result.aggregate = _aggregate(result)
+        return result
+
     def prepare(self, signal: np.ndarray | Sequence[np.ndarray], fs: float | Sequence[float], leads, *,
                 hop_s: float = 10.0, max_gap_s: float = 0.1, strict: bool = False,
-                max_windows: int = MAX_WINDOWS) -> Prepared:
+                max_windows: int = MAX_WINDOWS, offsets: Sequence[int] | None = None) -> Prepared:
         """The preprocessing half of :meth:`embed` (no inference): safe to run in worker threads while the
         engine scores earlier records."""
         check_positive("hop_s", hop_s)
@@ -303,7 +365,8 @@ class Session:
             rows = rows[None, :]
         if len(rows) != len(ids) or (not multi_rate and rows.ndim != 2):
             raise ShapeError(f"signal has {len(rows)} rows for {len(ids)} leads {names}")
-        _check_window_count(rows, fs, hop_s, max_windows, multi_rate)
+        if offsets is None:
+            _check_window_count(_duration_s(rows, fs, multi_rate), hop_s, max_windows)
         keep, dropped = _usable_leads(rows, names)
         _refuse_or_drop(dropped, strict, len(keep))
         ids, names = ids[keep], [names[k] for k in keep]
@@ -314,10 +377,10 @@ class Session:
             windows = replace(windows, fills=tuple(fills))
         else:
             windows = sliding_windows(rows[keep], fs, ids, hop_s=hop_s, ppg_order=self.ppg_order,
-                                      max_gap_s=max_gap_s, long_gaps="flag")
+                                      max_gap_s=max_gap_s, long_gaps="flag", offsets=offsets)
         never = windows.flat.all(axis=0)  # flat in every window: nothing of that lead was recorded
         flat_leads = [DroppedLead(names[c], "flat") for c in np.flatnonzero(never)]
-        _refuse_or_drop(flat_leads, strict, int((~never).sum()))
+        _refuse_or_drop(flat_leads, strict, int((~never).sum()), dropped)
         if never.any():
             good = np.flatnonzero(~never)
             windows = replace(windows.channels(good),
@@ -333,12 +396,7 @@ class Session:
         features, logits, flags = self._score(prepared.windows, prepared.ids, prepared.names, batch_size)
         result = EmbedResult(features, logits, prepared.windows.start_s, flags, prepared.names,
                              dropped=prepared.dropped)
-        clean = result.clean
-        result.aggregate = {
-            "windows": len(clean), "clean_windows": int(clean.sum()),
-            "features": features[clean].mean(axis=0) if clean.any() else None,
-            "logits": logits[clean].mean(axis=0) if logits is not None and clean.any() else None,
-        }
+        result.aggregate = _aggregate(result)
         return result
 
     def _score(self, windows, ids: np.ndarray, names: list[str], batch_size: int
