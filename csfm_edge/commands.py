@@ -329,3 +329,39 @@ def serve(args: argparse.Namespace) -> int:
     serve_forever(ServeRequest(args.artifact, split_list(args.leads), args.port, args.max_batch,
                                args.max_queue_delay_us, args.provider))
     return 0
+
+
+def doctor_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("artifacts", nargs="*", type=Path, help="exported .onnx files to check on this machine")
+    p.add_argument("--data", type=Path, default=None,
+                   help="folder of the shared recordings (default $CSFM_EDGE_DATA, else the bundled ECG)")
+    p.add_argument("--json", type=Path, default=None, help="also write the report as JSON")
+
+
+def doctor(args: argparse.Namespace) -> int:
+    import json
+
+    from csfm_edge.doctor import run_doctor
+    from csfm_edge.fileio import check_output, write_atomically
+    from csfm_edge.recordings.datasets import default_data_dir
+
+    if args.json is not None:
+        check_output(args.json, protected=list(args.artifacts), force=True)
+    report = run_doctor(args.artifacts, args.data or default_data_dir())
+    m = report.machine
+    gpu = m["gpu"]
+    print(f"platform    {m['platform']} (Python {m['python']})")
+    print(f"driver      {m['nvidia_smi'] or '-'}" + (f"; {m['jetson_module']}" if m["jetson_module"] else ""))
+    if m["nvpmodel"]:
+        print(f"power mode  {m['nvpmodel'].splitlines()[0]}")
+    print(f"cuda        binding cuda-python {m['cuda_binding_major'] or '-'}; "
+          + (f"{gpu['cuda_api']}: {gpu['name']} (compute {gpu['compute_capability']}, {gpu['sm_count']} SMs)"
+             if "missing" not in gpu else f"no GPU: {gpu['missing']}"))
+    trt = m["tensorrt"]
+    print("tensorrt    " + (f"{trt['library']} {trt['version']}" if "missing" not in trt else trt["missing"]))
+    for check in report.checks:
+        print(f"{check.status:8} {check.name}: {check.detail}")
+    if args.json is not None:
+        write_atomically(args.json, (json.dumps(report.to_dict(), indent=1, default=str) + "\n").encode())
+        print(f"wrote {args.json}")
+    return 1 if report.failed else 0

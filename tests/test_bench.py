@@ -11,8 +11,9 @@ from conftest import quiet
 from torch.utils.flop_counter import FlopCounterMode
 
 from csfm_edge.bench.flops import published_peak, window_flops
+from csfm_edge.bench.power import board_power_w, nvml_device, tegrastats_rails
 from csfm_edge.bench.report import build_report
-from csfm_edge.bench.runner import BenchConfig, run_bench, tegrastats_power_w
+from csfm_edge.bench.runner import BenchConfig, run_bench
 from csfm_edge.bench.timing import measure
 from csfm_edge.config import SIZES
 from csfm_edge.model import build
@@ -35,12 +36,35 @@ def test_published_peaks_lookup():
     assert published_peak(None, "fp16") is None
 
 
+def tegrastats_power_w(line: str) -> float | None:
+    return board_power_w(tegrastats_rails(line))
+
+
 def test_tegrastats_power_lines():
+    """Rail layouts as tegrastats prints them on each module family (see rbonghi/jetson_stats issues #51 and
+    #344: POM_5V_IN/VDD_IN is the whole input; AGX Xavier and AGX Orin have no input rail, their rails add up)."""
     orin = ("RAM 2448/30536MB (lfb 6704x4MB) CPU [1%@729,0%@729] GR3D_FREQ 0% cpu@44.5C VDD_GPU_SOC 3064mW/3064mW "
             "VDD_CPU_CV 408mW/408mW VIN_SYS_5V0 2520mW/2520mW VDD_IN 5012mW/5012mW")
     assert tegrastats_power_w(orin) == 5.012
     assert tegrastats_power_w("RAM 1/2MB POM_5V_IN 4805/4805 POM_5V_GPU 0/0") == 4.805
     assert tegrastats_power_w("RAM 1/2MB CPU [1%@729]") is None
+    agx_orin = ("RAM 3950/62800MB (lfb 14590x4MB) SWAP 0/31400MB (cached 0MB) CPU [0%@729,off,off] EMC_FREQ 0%@2133 "
+                "GR3D_FREQ 0%@[305,305] VIC_FREQ 729 cpu@43.75C soc2@40.093C VDD_GPU_SOC 3191mW/3191mW "
+                "VDD_CPU_CV 797mW/797mW VIN_SYS_5V0 4323mW/4323mW NC 0mW/0mW VDDQ_VDD2_1V8AO 703mW/703mW")
+    assert tegrastats_rails(agx_orin)["VIN_SYS_5V0"] == 4323 and "RAM" not in tegrastats_rails(agx_orin)
+    assert tegrastats_power_w(agx_orin) == (3191 + 797 + 4323 + 0 + 703) / 1000
+    orin_nano = ("RAM 2998/7620MB (lfb 3x4MB) CPU [2%@1510,1%@1510] GR3D_FREQ 0% cpu@47.5C VDD_IN 4932mW/4932mW "
+                 "VDD_CPU_GPU_CV 517mW/517mW VDD_SOC 1433mW/1433mW")
+    assert tegrastats_power_w(orin_nano) == 4.932
+    agx_xavier = "RAM 1/2MB GPU 0/0 CPU 311/311 SOC 1243/1243 CV 0/0 VDDRQ 155/155 SYS5V 2013/2013"
+    assert tegrastats_power_w(agx_xavier) == (311 + 1243 + 155 + 2013) / 1000
+
+
+def test_nvml_follows_cuda_visible_devices():
+    assert nvml_device(None) == ("index", 0) and nvml_device("") == ("index", 0)
+    assert nvml_device("2,3") == ("index", 2)
+    uuid = "GPU-5c6a3f2e-1c8b-9d7e-0a1b-2c3d4e5f6a7b"
+    assert nvml_device(uuid) == ("uuid", uuid)
 
 
 def test_measure_reports_percentiles():

@@ -23,7 +23,7 @@ LAYERS = [
     ("runtime",),
     ("recordings",),
     ("export",),
-    ("bench", "serving"),
+    ("bench", "serving", "doctor"),
     ("commands",),
     ("cli", "__main__"),
 ]

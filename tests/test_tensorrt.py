@@ -66,7 +66,9 @@ def test_every_graph_builds_with_every_preset(tiny_artifacts, tmp_path, precisio
     assert plan.stat().st_size > 1_000_000
     assert manifest.artifact == "tensorrt_plan" and manifest.precision == precision
     assert manifest.tensorrt.library == "tensorrt_rtx" and manifest.tensorrt.strongly_typed
-    assert manifest.gpu == GpuRecord(name=None, compute_capability="8.6", ahead_of_time=True)
+    gpu = manifest.gpu
+    assert (gpu.name, gpu.compute_capability, gpu.ahead_of_time) == (None, "8.6", True)
+    assert gpu.hardware_compatibility is None and manifest.tensorrt.tf32 == (precision != "fp32")
     assert manifest.profiles == [PRESETS[preset]]
     assert manifest.source_onnx.sha256 == read_manifest(tiny_artifacts[precision]).file.sha256
 
@@ -198,3 +200,86 @@ def test_engine_matches_reference_on_gpu(tiny_artifacts, tmp_path, data_dir, pre
     result = reverify(plan, None, data_dir)
     assert result.passed, result.failures()
     assert json.loads(plan.with_suffix(".json").read_text())["gpu"]["ahead_of_time"] is False
+
+
+def test_cuda_binding_must_fit_the_driver():
+    """cudaDriverGetVersion reports 1000 x major + 10 x minor: JetPack 6's driver 540 says 12060 (CUDA 12.6)."""
+    from csfm_edge.runtime.cuda import binding_problem
+
+    assert binding_problem(12, 12060) is None and binding_problem(None, 12060) is None
+    problem = binding_problem(13, 12060)  # cuda-python 13 on JetPack 6: "CUDA driver version is insufficient"
+    assert "CUDA 12.6" in problem and "cuda-python>=12,<13" in problem
+    assert binding_problem(13, 13000) is None and binding_problem(12, 13000) is None
+
+
+def test_device_identity_tells_orin_modules_apart(tmp_path):
+    from csfm_edge.runtime.backends.tensorrt import identity_problem
+    from csfm_edge.runtime.cuda import jetson_module
+
+    model = tmp_path / "model"
+    model.write_bytes(b"NVIDIA Jetson AGX Orin Developer Kit\x00")  # as the device tree stores it
+    assert jetson_module(model) == "NVIDIA Jetson AGX Orin Developer Kit"
+    assert jetson_module(tmp_path / "absent") is None
+    agx = GpuRecord("8.7", "Orin (nvgpu)", sm_count=16, jetson_module="NVIDIA Jetson AGX Orin Developer Kit",
+                    hardware_compatibility="NONE")
+    nano = GpuInfo("Orin (nvgpu)", "8.7", 8 << 30, 8, "NVIDIA Jetson Orin Nano Developer Kit")
+    assert "Jetson module NVIDIA Jetson AGX Orin" in identity_problem(agx, nano)
+    same = GpuInfo("Orin (nvgpu)", "8.7", 64 << 30, 16, "NVIDIA Jetson AGX Orin Developer Kit")
+    assert identity_problem(agx, same) is None
+    a100 = GpuRecord("8.0", "NVIDIA A100-SXM4-80GB", sm_count=108, hardware_compatibility="NONE")
+    assert "GPU NVIDIA A100-SXM4-80GB" in identity_problem(a100, GpuInfo("NVIDIA A100 80GB PCIe", "8.0", 80 << 30, 108))
+    portable = GpuRecord("8.0", "NVIDIA A100-SXM4-80GB", hardware_compatibility="AMPERE_PLUS")
+    assert identity_problem(portable, GpuInfo("NVIDIA A100 80GB PCIe", "8.0", 80 << 30, 108)) is None
+    rtx = GpuRecord("8.6", None, ahead_of_time=True)  # built ahead of time for any SM86 GPU
+    assert identity_problem(rtx, GpuInfo("NVIDIA RTX A4000", "8.6", 16 << 30, 48)) is None
+
+
+def test_cuda_graph_replay_waits_for_a_plain_enqueue_after_shape_changes():
+    from csfm_edge.runtime.backends.tensorrt import launch_plan
+
+    a, b = (0, (1, 2, 2500)), (1, (8, 12, 2500))
+    steps, last, captured = [], None, set()
+    for key in (a, a, a, b, b, a, a):
+        action = launch_plan(key, last, key in captured)
+        captured |= {key} if action == "capture" else set()
+        steps.append(action)
+        last = key
+    assert steps == ["plain", "capture", "replay", "plain", "capture", "plain", "replay"]
+
+
+def test_engine_tensors_are_checked_against_the_manifest():
+    from csfm_edge.runtime.backends.tensorrt import engine_tensor_problem
+
+    manifest = _plan_manifest()
+    tensors = {"signal": "float32", "channel_ids": "int64", "features": "float32", "logits": "float32"}
+    assert engine_tensor_problem(tensors, manifest) is None
+    assert engine_tensor_problem({**tensors, "channel_ids": "int32"}, manifest) is None  # TensorRT 8.6's parser
+    assert "features is float16" in engine_tensor_problem({**tensors, "features": "float16"}, manifest)
+    assert "are not the manifest's" in engine_tensor_problem({"input": "float32", **tensors}, manifest)
+
+
+def test_verification_of_an_engine_uses_only_shapes_its_profiles_admit(data_dir):
+    from csfm_edge.export.verify import verification_cases
+
+    cases, _ = verification_cases(data_dir, [PRESETS["clinic"]])
+    assert cases and all(c.signal.shape[1] == 12 and c.signal.shape[2] == 2500 for c in cases)
+    wearable, _ = verification_cases(data_dir, [PRESETS["wearable"]])
+    assert {c.signal.shape for c in wearable} == {(1, 1, 2500), (1, 2, 2500)}
+    assert len(verification_cases(data_dir)[0]) == 20
+
+
+def test_doctor_runs_here_and_skips_gpu_checks_with_reasons(tiny_artifacts, tmp_path, data_dir):
+    report_path = tmp_path / "doctor.json"
+    done = _cli("doctor", str(tiny_artifacts["int8"]), "--data", str(data_dir), "--json", str(report_path))
+    assert done.returncode == 0, done.stdout + done.stderr
+    report = json.loads(report_path.read_text())
+    checks = {c["name"]: c for c in report["checks"]}
+    assert report["passed"] and checks["csfm-tiny.int8.onnx: onnxruntime"]["status"] == "pass"
+    assert checks["csfm-tiny.int8.onnx: tensorrt engine"]["status"] in ("pass", "skipped")
+    assert all(c["detail"] for c in report["checks"]) and "gpu" in report["machine"]
+    if not gpu_present():
+        assert checks["gpu"]["status"] == "skipped" and "no usable NVIDIA GPU" in checks["gpu"]["detail"]
+    broken = tmp_path / "broken.onnx"
+    broken.write_bytes(b"not a graph")
+    failed = _cli("doctor", str(broken))
+    assert failed.returncode == 1 and "fail" in failed.stdout and "Traceback" not in failed.stderr

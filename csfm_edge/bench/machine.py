@@ -12,6 +12,7 @@ import numpy as np
 
 from csfm_edge import __version__
 from csfm_edge.environment import installed_versions
+from csfm_edge.runtime.cuda import jetson_module
 
 
 def _run(*cmd: str) -> str | None:
@@ -41,8 +42,10 @@ def gpu_record() -> dict | None:
         values = [v.strip() for v in line.splitlines()[0].split(",")]
         record = dict(zip(["name", "memory_mib", "driver", "compute_capability", "max_sm_clock_mhz",
                            "sm_clock_mhz", "power_limit_w"], values))
-    if Path("/etc/nv_tegra_release").exists():  # Jetson: record how it was clocked
-        record = record or {"name": _run("cat", "/proc/device-tree/model") or "Jetson"}
+    if Path("/etc/nv_tegra_release").exists():  # Jetson: record the module and how it was clocked
+        record = record or {}
+        record["nvidia_smi_name"] = record.get("name")  # JetPack 6's nvidia-smi says "Orin (nvgpu)"
+        record["name"] = jetson_module() or "Jetson"  # "NVIDIA Jetson AGX Orin Developer Kit": finds its peak
         record["nvpmodel"] = _run("nvpmodel", "-q")
         record["jetson_clocks"] = _run("jetson_clocks", "--show")
     return record

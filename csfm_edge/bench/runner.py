@@ -10,13 +10,8 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import re
 import resource
-import shutil
-import subprocess
 import sys
-import threading
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,6 +20,7 @@ import numpy as np
 
 from csfm_edge.bench.flops import published_peak, window_flops
 from csfm_edge.bench.machine import machine_record
+from csfm_edge.bench.power import PowerSampler
 from csfm_edge.bench.timing import measure
 from csfm_edge.config import CSFMConfig, size_config
 from csfm_edge.errors import CsfmError, LeadError
@@ -87,75 +83,6 @@ def resolve_target(spec: str, provider: str | None = None) -> Target:
 
     label = f"{path.name}" + (f" @{chosen or provider}" if (chosen or provider) else "")
     return Target(spec, label, manifest.model, manifest.precision, manifest.weights, open_artifact)
-
-
-_TEGRA_POWER = re.compile(r"(?:VDD_IN|POM_5V_IN) (\d+)m?W?/")
-
-
-def tegrastats_power_w(line: str) -> float | None:
-    """Board input power from one tegrastats line (Orin: ``VDD_IN 5012mW/...``; Xavier: ``POM_5V_IN 5012/...``)."""
-    match = _TEGRA_POWER.search(line)
-    return int(match.group(1)) / 1000.0 if match else None
-
-
-class PowerSampler:
-    """Average board power and peak GPU memory while a case runs: NVML on data-center and desktop GPUs,
-    ``tegrastats`` on Jetson; None where the device reports neither."""
-
-    def __init__(self, interval_s: float = 0.05):
-        self.interval_s = interval_s
-        self.samples: list[float] = []
-        self.peak_gpu_memory_mib: float | None = None
-        self._read = self._memory = None
-        self._tegrastats: subprocess.Popen | None = None
-        try:
-            import pynvml
-
-            pynvml.nvmlInit()
-            handle = pynvml.nvmlDeviceGetHandleByIndex(0)
-            self._read = lambda: pynvml.nvmlDeviceGetPowerUsage(handle) / 1000.0
-            self._memory = lambda: pynvml.nvmlDeviceGetMemoryInfo(handle).used / 2**20
-        except Exception:  # no pynvml, no driver, no GPU: try Jetson's tool, else report nothing
-            if shutil.which("tegrastats"):
-                self._tegrastats_interval_ms = max(int(interval_s * 1000), 10)
-
-    def __enter__(self) -> PowerSampler:
-        self._stop = threading.Event()
-        self._thread = None
-        if self._read is not None:
-            self._thread = threading.Thread(target=self._poll, daemon=True)
-        elif hasattr(self, "_tegrastats_interval_ms"):
-            self._tegrastats = subprocess.Popen(["tegrastats", "--interval", str(self._tegrastats_interval_ms)],
-                                                stdout=subprocess.PIPE, text=True)
-            self._thread = threading.Thread(target=self._follow_tegrastats, daemon=True)
-        if self._thread is not None:
-            self._thread.start()
-        return self
-
-    def _poll(self) -> None:
-        while not self._stop.is_set():
-            self.samples.append(self._read())
-            used = self._memory()
-            self.peak_gpu_memory_mib = max(used, self.peak_gpu_memory_mib or 0.0)
-            time.sleep(self.interval_s)
-
-    def _follow_tegrastats(self) -> None:
-        for line in self._tegrastats.stdout:
-            watts = tegrastats_power_w(line)
-            if watts is not None:
-                self.samples.append(watts)
-
-    def __exit__(self, *exc) -> None:
-        self._stop.set()
-        if self._tegrastats is not None:
-            self._tegrastats.terminate()
-            self._tegrastats.wait(timeout=5)
-        if self._thread is not None:
-            self._thread.join(timeout=5)
-
-    @property
-    def average_w(self) -> float | None:
-        return float(np.mean(self.samples)) if self.samples else None
 
 
 @dataclass
@@ -263,9 +190,12 @@ class BenchRun:
         feed = SPEC.feed(real_batch(self.batches, ids, batch, time_len), ids)
         with PowerSampler() as power:
             latency = measure(lambda: backend.run(feed), warmup_s=config.warmup_s, duration_s=config.duration_s)
-        device_only = None
-        if hasattr(backend, "execute_only"):  # TensorRT: GPU time without the host<->device copies
+        device_only = gpu_compute = None
+        if hasattr(backend, "execute_only"):  # TensorRT: without the host<->device copies
+            # enqueue + wait by the host clock, and GPU compute between CUDA events (trtexec reports both)
             device_only = measure(backend.execute_only, warmup_s=config.warmup_s, duration_s=config.duration_s)
+            gpu_compute = measure(backend.execute_only, warmup_s=0.0, duration_s=config.duration_s,
+                                  timed_ms=backend.gpu_compute_ms)
         raw, fs = _raw_windows(config.data_dir, ids)
         pre = measure(lambda: preprocess(raw, fs, ids), warmup_s=0.1, duration_s=min(config.duration_s, 1.0))
         per_batch_pre_ms = pre.median_ms * batch
@@ -288,7 +218,8 @@ class BenchRun:
             "target": target.spec, "label": target.label, "backend": backend.describe(), "size": target.model.size,
             "precision": target.precision, "lead_set": lead_set_name, "channels": len(ids), "batch": batch,
             "time": time_len, "latency_ms": latency.to_dict(),
-            "device_only_latency_ms": None if device_only is None else device_only.to_dict(),
+            "enqueue_and_wait_ms": None if device_only is None else device_only.to_dict(),
+            "gpu_compute_ms": None if gpu_compute is None else gpu_compute.to_dict(),
             "throughput": {"windows_per_s": windows_per_s,
                            "signal_seconds_per_s": windows_per_s * time_len / 250.0,
                            "samples_per_s": windows_per_s * time_len * len(ids)},

@@ -24,9 +24,18 @@ class Latency:
         return asdict(self)
 
 
+def summarize(ms: np.ndarray) -> Latency:
+    ms = np.asarray(ms, dtype=np.float64)
+    return Latency(len(ms), float(np.median(ms)), float(np.percentile(ms, 90)), float(np.percentile(ms, 99)),
+                   float(ms.mean()), float(ms.min()))
+
+
 def measure(fn: Callable[[], object], *, warmup_s: float = 0.2, duration_s: float = 1.0,
-            min_iterations: int = 5, max_iterations: int = 100_000) -> Latency:
-    """Call ``fn`` for ``warmup_s`` untimed, then for at least ``duration_s`` and ``min_iterations``."""
+            min_iterations: int = 5, max_iterations: int = 100_000, timed_ms: Callable[[], float] | None = None
+            ) -> Latency:
+    """Call ``fn`` for ``warmup_s`` untimed, then for at least ``duration_s`` and ``min_iterations``; each call
+    is timed by the wall clock, or by ``timed_ms`` (which runs once and returns its own time, e.g. GPU time
+    between CUDA events) in place of ``fn``."""
     deadline = time.perf_counter() + warmup_s
     fn()
     while time.perf_counter() < deadline:
@@ -34,9 +43,10 @@ def measure(fn: Callable[[], object], *, warmup_s: float = 0.2, duration_s: floa
     samples: list[float] = []
     end = time.perf_counter() + duration_s
     while (len(samples) < min_iterations or time.perf_counter() < end) and len(samples) < max_iterations:
+        if timed_ms is not None:
+            samples.append(timed_ms())
+            continue
         start = time.perf_counter()
         fn()
-        samples.append(time.perf_counter() - start)
-    ms = np.asarray(samples) * 1000.0
-    return Latency(len(ms), float(np.median(ms)), float(np.percentile(ms, 90)), float(np.percentile(ms, 99)),
-                   float(ms.mean()), float(ms.min()))
+        samples.append((time.perf_counter() - start) * 1000.0)
+    return summarize(np.asarray(samples))

@@ -16,7 +16,7 @@ def reverify(artifact: Path, checkpoint: Path | None, data_dir: Path | None,
     manifest = read_manifest(artifact)
     backend = open_backend(artifact, manifest, provider)  # first: an artifact that cannot run fails fast
     try:
-        cases, data = verification_cases(data_dir)
+        cases, data = verification_cases(data_dir, manifest.profiles)
         reference = run_cases(TorchBackend.for_manifest(manifest, checkpoint), cases, "reference", console_progress)
         return verify(reference, backend, cases, manifest.precision, data, console_progress)
     finally:

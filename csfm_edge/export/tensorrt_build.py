@@ -50,12 +50,15 @@ def _gpu_record(target: str) -> GpuRecord:
     except BackendUnavailableError as exc:
         raise BackendUnavailableError(f"a native build needs this machine's GPU ({exc}); without one, build ahead "
                                       "of time for an RTX GPU with --target rtx-smXX (TensorRT for RTX)") from None
-    return GpuRecord(gpu.compute_capability, gpu.name)
+    return GpuRecord(gpu.compute_capability, gpu.name, sm_count=gpu.sm_count, memory_bytes=gpu.memory_bytes,
+                     jetson_module=gpu.jetson_module)
 
 
-def _timing_cache_record(path: Path | None, used: bool) -> dict | None:
+def _timing_cache_record(path: Path | None, used: bool, rejected: bool = False) -> dict | None:
     if path is None:
         return None
+    if rejected:
+        return {"path": str(path), "used": False, "note": "rejected: made on another device or TensorRT; kept as is"}
     if not used:
         return {"path": str(path), "used": False, "note": "TensorRT for RTX has no timing cache"}
     return {"path": str(path), "used": True, "sha256": sha256_of(path)}
@@ -89,6 +92,7 @@ def build_engine(request: BuildRequest) -> Path:
     if request.workspace_mb is not None:
         config.set_memory_pool_limit(trt.module.MemoryPoolType.WORKSPACE, request.workspace_mb << 20)
     trt.weakly_typed_precision_flags(config, onnx_manifest.precision)
+    tf32 = trt.allow_tf32(config, onnx_manifest.precision)
     trt.set_target(config, request.target)
     for profile in request.profiles:
         optimization_profile = builder.create_optimization_profile()
@@ -96,9 +100,15 @@ def build_engine(request: BuildRequest) -> Path:
             optimization_profile.set_shape(name, low, opt, high)
         config.add_optimization_profile(optimization_profile)
     use_cache = request.timing_cache is not None and trt.library != RTX  # RTX tunes kernels at run time
+    rejected = False
     if use_cache:
         cache_bytes = request.timing_cache.read_bytes() if request.timing_cache.exists() else b""
-        config.set_timing_cache(config.create_timing_cache(cache_bytes), False)
+        if not config.set_timing_cache(config.create_timing_cache(cache_bytes), False):
+            # another device's or TensorRT's cache: build without it, and leave the user's file alone
+            rejected = True
+            say(f"[build] timing cache {request.timing_cache} was made for another device or TensorRT: not used, "
+                "not overwritten")
+            config.set_timing_cache(config.create_timing_cache(b""), False)
     elif request.timing_cache is not None:
         say("[build] TensorRT for RTX has no timing cache: --timing-cache is ignored")
 
@@ -110,16 +120,18 @@ def build_engine(request: BuildRequest) -> Path:
         hint = " (raise --workspace or narrow the profiles)" if "OutOfMemory" in why else ""
         raise BackendUnavailableError(f"TensorRT could not build {request.onnx.name}: {why}{hint}")
     write_atomically(plan, bytes(serialized))
-    if use_cache:
+    if use_cache and not rejected:
         write_atomically(request.timing_cache, bytes(config.get_timing_cache().serialize()))
     source = dataclasses.replace(onnx_manifest, file=None).to_dict()
     write_manifest(plan, dataclasses.replace(
         onnx_manifest, artifact="tensorrt_plan", created=now(),
         tensorrt=TensorRTInfo(trt.library, trt.version, bool(trt.network_flags()), request.target,
-                              request.workspace_mb),
-        gpu=gpu, profiles=list(request.profiles), tools=installed_versions(),
+                              request.workspace_mb, tf32),
+        gpu=dataclasses.replace(gpu, hardware_compatibility=trt.hardware_compatibility(config)),
+        profiles=list(request.profiles), tools=installed_versions(),
         source_onnx=SourceOnnx(request.onnx.name, sha256_of(request.onnx), source),
-        build_seconds=round(seconds, 2), timing_cache=_timing_cache_record(request.timing_cache, use_cache),
+        build_seconds=round(seconds, 2),
+        timing_cache=_timing_cache_record(request.timing_cache, use_cache, rejected),
         verification=None, calibration=None))
     say(f"[build] wrote {plan.name} ({plan.stat().st_size / 1e6:.1f} MB) in {seconds:.1f} s")
     return plan

@@ -13,7 +13,9 @@ from pathlib import Path
 
 import numpy as np
 
+from csfm_edge.errors import VerificationError
 from csfm_edge.metrics import cosine_rows
+from csfm_edge.profiles import Profile
 from csfm_edge.recordings.datasets import lead_set_batches, shaped_batch
 from csfm_edge.runtime.backends.base import Backend
 from csfm_edge.spec import SPEC, Tolerance
@@ -82,8 +84,9 @@ def compare(name: str, shape: tuple[int, ...], reference: dict[str, np.ndarray],
     return CaseResult(name, list(shape), float(np.abs(ref - got).max()), float(cos.mean()), float(cos.min()), logits)
 
 
-def verification_cases(data_dir: Path | None) -> tuple[list[Case], str]:
-    """Real lead-set batches, then the shape grid (batch x channels x time) built from real windows."""
+def verification_cases(data_dir: Path | None, profiles: list[Profile] | None = None) -> tuple[list[Case], str]:
+    """Real lead-set batches, then the shape grid (batch x channels x time) built from real windows; for an
+    engine, only the cases its optimization profiles admit (a ``clinic`` engine takes 12 channels only)."""
     batches = lead_set_batches(data_dir)
     cases = [Case(f"real {b.name}", b.signal, b.channel_ids) for b in batches]
     grid = SPEC.verification_grid
@@ -92,6 +95,11 @@ def verification_cases(data_dir: Path | None) -> tuple[list[Case], str]:
             for time in grid["time"]:
                 signal, ids = shaped_batch(batches, batch, channels, time)
                 cases.append(Case(f"B{batch} C{channels} T{time}", signal, ids))
+    if profiles:
+        cases = [c for c in cases if any(p.contains(*c.signal.shape) for p in profiles)]
+        if not cases:
+            raise VerificationError("no verification case fits the engine's profiles "
+                                    + ", ".join(p.name for p in profiles))
     return cases, "; ".join(b.source for b in batches)
 
 

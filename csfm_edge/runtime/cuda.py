@@ -6,12 +6,16 @@ only it is installed. Every failure becomes a :class:`BackendUnavailableError` t
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
 from csfm_edge.errors import BackendUnavailableError
+
+DEVICE_TREE_MODEL = Path("/proc/device-tree/model")
 
 
 @dataclass(frozen=True)
@@ -19,6 +23,37 @@ class GpuInfo:
     name: str
     compute_capability: str  # "8.6"
     memory_bytes: int
+    sm_count: int | None = None
+    jetson_module: str | None = None
+
+
+def jetson_module(model_file: Path = DEVICE_TREE_MODEL) -> str | None:
+    """The Jetson module ("NVIDIA Jetson AGX Orin Developer Kit"): the device tree's model, without the
+    trailing NUL the kernel writes; None off Jetson."""
+    try:
+        text = model_file.read_bytes().decode("utf-8", errors="replace")
+    except OSError:
+        return None
+    text = text.replace("\x00", "").strip()
+    return text or None
+
+
+# cuda-python's CUDA major -> the oldest driver (as cudaDriverGetVersion reports it, 1000 x major + 10 x minor)
+# that runs it: CUDA 12.x needs R525+ (12000), CUDA 13.x needs R580+ (13000). JetPack 6's driver 540 reports 12060.
+BINDING_NEEDS_DRIVER = {12: 12000, 13: 13000}
+
+
+def binding_problem(binding_major: int | None, driver_cuda: int) -> str | None:
+    """Why the installed CUDA binding cannot run on this driver, with the fix; None when it can."""
+    if binding_major is None:
+        return None
+    needed = BINDING_NEEDS_DRIVER.get(binding_major, binding_major * 1000)
+    if driver_cuda >= needed:
+        return None
+    supported = driver_cuda // 1000
+    return (f"cuda-python {binding_major}.x needs a driver for CUDA {binding_major} or newer, this driver supports "
+            f"CUDA {supported}.{driver_cuda % 1000 // 10}: pip install 'cuda-python>={supported},<{supported + 1}' "
+            f"(the csfm-edge[tensorrt{'' if supported == 12 else '-cu' + str(supported)}] extra) or use PyCUDA")
 
 
 def _cudart():
@@ -51,7 +86,8 @@ class CudaPython:
             raise BackendUnavailableError("no CUDA GPU on this machine")
         prop = self._ok(self.rt.cudaGetDeviceProperties(0), "device properties")
         name = prop.name.decode() if isinstance(prop.name, bytes) else str(prop.name)
-        return GpuInfo(name.rstrip("\x00"), f"{prop.major}.{prop.minor}", int(prop.totalGlobalMem))
+        return GpuInfo(name.rstrip("\x00"), f"{prop.major}.{prop.minor}", int(prop.totalGlobalMem),
+                       int(prop.multiProcessorCount), jetson_module())
 
     def stream(self) -> int:
         return int(self._ok(self.rt.cudaStreamCreate(), "stream creation"))
@@ -77,36 +113,67 @@ class CudaPython:
         mode = self.rt.cudaStreamCaptureMode.cudaStreamCaptureModeThreadLocal
         self._ok(self.rt.cudaStreamBeginCapture(stream, mode), "graph capture")
 
-    def end_capture(self, stream: int) -> int:
-        graph = self._ok(self.rt.cudaStreamEndCapture(stream), "graph capture")
-        return self._ok(self.rt.cudaGraphInstantiate(graph, 0), "graph instantiation")
+    def end_capture(self, stream: int):
+        """The instantiated graph, or None when the capture failed (trtexec then launches plainly)."""
+        error, graph = self.rt.cudaStreamEndCapture(stream)
+        if int(error) != 0 or graph is None:
+            return None
+        error, graph_exec = self.rt.cudaGraphInstantiate(graph, 0)
+        self.rt.cudaGraphDestroy(graph)  # the executable keeps what it needs
+        return graph_exec if int(error) == 0 else None
 
     def launch_graph(self, graph_exec, stream: int) -> None:
         self._ok(self.rt.cudaGraphLaunch(graph_exec, stream), "graph launch")
 
-    def free(self, device: list[int], host: list[int]) -> None:
+    def event(self):
+        return self._ok(self.rt.cudaEventCreate(), "event creation")
+
+    def record(self, event, stream: int) -> None:
+        self._ok(self.rt.cudaEventRecord(event, stream), "event record")
+
+    def elapsed_ms(self, start, end) -> float:
+        """GPU time between two recorded events (waits for the second), as trtexec measures compute."""
+        self._ok(self.rt.cudaEventSynchronize(end), "event synchronize")
+        return float(self._ok(self.rt.cudaEventElapsedTime(start, end), "event elapsed time"))
+
+    def activate(self):
+        """The runtime API makes the device's primary context current in every thread by itself."""
+        return contextlib.nullcontext()
+
+    def free(self, device: list[int], host: list[int], stream: int | None = None, graphs: tuple = ()) -> None:
+        for graph_exec in graphs:
+            self.rt.cudaGraphExecDestroy(graph_exec)
         for ptr in device:
             self.rt.cudaFree(ptr)
         for ptr in host:
             self.rt.cudaFreeHost(ptr)
+        if stream is not None:
+            self.rt.cudaStreamDestroy(stream)
 
 
 class PyCuda:
-    """PyCUDA, for installs (some Jetson images) that have it instead of cuda-python. No graph capture."""
+    """PyCUDA, for installs (some Jetson images) that have it instead of cuda-python. No graph capture
+    (the TensorRT backend then launches plainly, and says so in ``describe()``)."""
 
     name = "pycuda"
 
     def __init__(self):
-        import pycuda.autoinit  # noqa: F401  (creates the context)
-        import pycuda.driver as driver
-
+        try:
+            import pycuda.driver as driver
+            from pycuda import autoprimaryctx  # the device's primary context, which every thread can share
+        except ImportError:
+            raise
+        except Exception as exc:  # pycuda.driver.Error and friends on a machine without a usable GPU
+            raise BackendUnavailableError(f"PyCUDA cannot use a GPU here ({type(exc).__name__}: {exc})") from None
         self.drv = driver
+        self.context = autoprimaryctx.context
         self._keep: dict[int, object] = {}
 
     def gpu(self) -> GpuInfo:
         device = self.drv.Device(0)
         major, minor = device.compute_capability()
-        return GpuInfo(device.name(), f"{major}.{minor}", device.total_memory())
+        sm_count = device.get_attribute(self.drv.device_attribute.MULTIPROCESSOR_COUNT)
+        return GpuInfo(device.name(), f"{major}.{minor}", device.total_memory(), int(sm_count), jetson_module())
 
     def stream(self) -> int:
         stream = self.drv.Stream()
@@ -132,7 +199,26 @@ class PyCuda:
     def synchronize(self, stream: int) -> None:
         self._keep[stream].synchronize()
 
-    def free(self, device: list[int], host: list[int]) -> None:
+    def event(self):
+        return self.drv.Event()
+
+    def record(self, event, stream: int) -> None:
+        event.record(self._keep[stream])
+
+    def elapsed_ms(self, start, end) -> float:
+        end.synchronize()
+        return float(start.time_till(end))
+
+    @contextlib.contextmanager
+    def activate(self):
+        """PyCUDA's context is current only in the thread that made it: push it in whichever thread runs."""
+        self.context.push()
+        try:
+            yield
+        finally:
+            self.drv.Context.pop()
+
+    def free(self, device: list[int], host: list[int], stream: int | None = None, graphs: tuple = ()) -> None:
         self._keep.clear()
 
 
@@ -147,13 +233,32 @@ def host_array(address: int, shape: tuple[int, ...], dtype: np.dtype) -> np.ndar
     return _view(address, count * dtype.itemsize).view(dtype)[:count].reshape(shape)
 
 
+def binding_major() -> int | None:
+    """The CUDA major of the installed cuda-python (from its metadata; None when absent)."""
+    from importlib import metadata
+
+    for name in ("cuda-bindings", "cuda-python"):
+        try:
+            return int(metadata.version(name).split(".")[0])
+        except (metadata.PackageNotFoundError, ValueError):
+            continue
+    return None
+
+
 def cuda_api() -> CudaPython | PyCuda:
-    """cuda-python if importable, else PyCUDA; else an error naming both."""
+    """cuda-python where it fits this driver, else PyCUDA; else an error that says what to install.
+
+    cuda-python 13 imports fine on a driver for CUDA 12 (JetPack 6, R535-R570 hosts) and fails at the first
+    call, so the driver is asked first and a mismatch falls back to PyCUDA or names the fix."""
     cudart = _cudart()
+    problem = None
     if cudart is not None:
-        return CudaPython(cudart)
+        error, driver = cudart.cudaDriverGetVersion()
+        problem = binding_problem(binding_major(), int(driver)) if int(error) == 0 else None
+        if problem is None:
+            return CudaPython(cudart)
     try:
         return PyCuda()
     except ImportError:
-        raise BackendUnavailableError("the TensorRT backend needs cuda-python (pip install 'csfm-edge[tensorrt]') "
-                                      "or PyCUDA") from None
+        raise BackendUnavailableError(problem or "the TensorRT backend needs cuda-python (pip install "
+                                      "'csfm-edge[tensorrt]') or PyCUDA") from None

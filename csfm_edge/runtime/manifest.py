@@ -133,9 +133,15 @@ class TensorRTInfo:
 
 @dataclass(frozen=True)
 class GpuRecord:
+    """The GPU an engine was built for: enough to tell an AGX Orin from an Orin NX (both compute 8.7)."""
+
     compute_capability: str
     name: str | None = None
     ahead_of_time: bool = False
+    sm_count: int | None = None
+    memory_bytes: int | None = None
+    jetson_module: str | None = None  # /proc/device-tree/model on Jetson
+    hardware_compatibility: str | None = None  # TensorRT's hardware-compatibility level ("NONE", "AMPERE_PLUS")
 
 
 @dataclass(frozen=True)

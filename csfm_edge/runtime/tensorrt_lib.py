@@ -78,6 +78,22 @@ class TensorRT:
         for name in names:
             config.set_flag(getattr(self.module.BuilderFlag, name))
 
+    def allow_tf32(self, config, precision: str) -> bool:
+        """TF32 (on by default on Ampere and later) rounds FP32 matrix products to a 10-bit mantissa, which the
+        FP32 tolerance (1e-4) does not allow: off for FP32 engines, on for the others. Returns the setting."""
+        allowed = precision not in ("fp32", "cpu-fp32")
+        if not allowed:
+            config.clear_flag(self.module.BuilderFlag.TF32)
+        return allowed
+
+    def hardware_compatibility(self, config) -> str | None:
+        """The build's hardware-compatibility level (``NONE``: this GPU model only), where the release has one
+        (TensorRT for RTX builds for a compute capability and has none)."""
+        if self.library == RTX:
+            return None
+        level = getattr(config, "hardware_compatibility_level", None)
+        return None if level is None else str(getattr(level, "name", level))
+
     def set_target(self, config, target: str) -> None:
         """RTX targets compile for a named compute capability; native builds for the GPU present."""
         if target == "native":

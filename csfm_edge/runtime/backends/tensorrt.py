@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from csfm_edge.errors import ArtifactError
+from csfm_edge.errors import ArtifactError, BackendUnavailableError
 from csfm_edge.profiles import Profile, select_profile
 from csfm_edge.runtime.cuda import GpuInfo, cuda_api, host_array
 from csfm_edge.runtime.manifest import Manifest
@@ -65,10 +65,52 @@ def check_engine_fits(manifest: Manifest, library: str, version: str, gpu: GpuIn
     if built.library != library or built.version != version:
         raise ArtifactError(f"engine built with {built.library} {built.version}, this machine has {library} "
                             f"{version}; engines are tied to one TensorRT version: {rebuild}")
-    if wanted.compute_capability != gpu.compute_capability:
-        raise ArtifactError(f"engine built for compute capability {wanted.compute_capability} "
-                            f"({wanted.name or built.target}), this GPU is {gpu.name} "
-                            f"({gpu.compute_capability}): {rebuild}")
+    problem = identity_problem(wanted, gpu)
+    if problem is not None:
+        raise ArtifactError(f"engine built for {problem}: {rebuild}")
+
+
+def launch_plan(key: tuple, last_key: tuple | None, captured: bool) -> str:
+    """How to run this inference with CUDA graphs: ``plain`` after any shape or profile change (TensorRT
+    applies them on the next enqueue, which a replayed graph skips), then ``capture`` once, then ``replay``."""
+    if key != last_key:
+        return "plain"
+    return "replay" if captured else "capture"
+
+
+TRT_DTYPES = {"FLOAT": "float32", "INT64": "int64", "INT32": "int32", "HALF": "float16"}
+
+
+def engine_tensor_problem(engine_tensors: dict[str, str], manifest: Manifest) -> str | None:
+    """The engine's own I/O tensors against the manifest's; an int32 ``channel_ids`` (TensorRT 8.6's parser
+    turns INT64 inputs into INT32) is fed as int32, anything else that differs is refused."""
+    expected = {name: t.dtype for name, t in {**manifest.inputs, **manifest.outputs}.items()}
+    if set(engine_tensors) != set(expected):
+        return f"engine tensors {sorted(engine_tensors)} are not the manifest's {sorted(expected)}"
+    for name, dtype in engine_tensors.items():
+        if dtype != expected[name] and not (name == SPEC.channel_ids and dtype == "int32"):
+            return f"engine tensor {name} is {dtype}, the manifest says {expected[name]}"
+    return None
+
+
+def identity_problem(built, here: GpuInfo) -> str | None:
+    """Why an engine built for ``built`` (the manifest's GPU record) may not run on ``here``, or None.
+
+    Compute capability alone does not tell AGX Orin, Orin NX and Orin Nano apart (all 8.7), and TensorRT
+    refuses "an engine plan file across different models of devices" unless it was built hardware-compatible.
+    """
+    if built.compute_capability != here.compute_capability:
+        return f"compute capability {built.compute_capability} ({built.name or 'target'}), this GPU is {here.name} " \
+               f"({here.compute_capability})"
+    if built.hardware_compatibility not in (None, "NONE"):
+        return None
+    if built.jetson_module and here.jetson_module and built.jetson_module != here.jetson_module:
+        return f"Jetson module {built.jetson_module}, this is {here.jetson_module}"
+    if not built.ahead_of_time and built.name and built.name != here.name:
+        return f"GPU {built.name}, this GPU is {here.name}"
+    if built.sm_count and here.sm_count and built.sm_count != here.sm_count:
+        return f"a GPU with {built.sm_count} SMs, this one has {here.sm_count}"
+    return None
 
 
 class TensorRTBackend:
@@ -90,6 +132,16 @@ class TensorRTBackend:
             why = self.logger.errors[-1] if self.logger.errors else "unknown reason"
             raise ArtifactError(f"{self.plan.name} is not a loadable engine (corrupt or incompatible): {why}")
         self.context = self.engine.create_execution_context()
+        if self.context is None:  # out of device memory (small Jetsons with a wide profile)
+            raise BackendUnavailableError(f"TensorRT could not create an execution context for {self.plan.name} "
+                                          "(GPU memory?): rebuild with narrower profiles")
+        tensors = {self.engine.get_tensor_name(i): TRT_DTYPES.get(
+            self.engine.get_tensor_dtype(self.engine.get_tensor_name(i)).name, "?")
+            for i in range(self.engine.num_io_tensors)}
+        problem = engine_tensor_problem(tensors, manifest)
+        if problem is not None:
+            raise ArtifactError(f"{self.plan.name}: {problem}; rebuild it with csfm-edge build")
+        self.input_dtypes = {name: np.dtype(tensors[name]) for name in manifest.inputs}
         self.profiles = manifest.profiles
         self.input_names = list(manifest.inputs)
         self.output_names = manifest.output_names
@@ -99,45 +151,60 @@ class TensorRTBackend:
         self.device = {name: self.cuda.device_alloc(b.nbytes) for name, b in self.buffers.items()}
         self.host = {name: self.cuda.host_alloc(b.nbytes) for name, b in self.buffers.items()}
         for name, address in self.device.items():
-            self.context.set_tensor_address(name, address)
+            if not self.context.set_tensor_address(name, address):
+                raise ArtifactError(f"TensorRT refused the address of tensor {name}: " + "; ".join(self.logger.errors))
         self.active_profile = -1
         self.use_cuda_graph = use_cuda_graph and hasattr(self.cuda, "begin_capture")
         self.graphs: dict[tuple, object] = {}
+        self.uncapturable: set[tuple] = set()
+        self.last_key: tuple | None = None
 
     def describe(self) -> dict:
         return {"backend": self.name, "provider": f"{self.trt.library} {self.trt.version}",
                 "gpu": self.gpu.name, "compute_capability": self.gpu.compute_capability,
-                "cuda_graph": self.use_cuda_graph, "file": self.plan.name}
+                "cuda": self.cuda.name, "cuda_graph": self.use_cuda_graph, "file": self.plan.name}
+
+    def _enqueue(self) -> None:
+        if not self.context.execute_async_v3(self.stream):
+            raise ArtifactError("TensorRT execution failed: " + "; ".join(self.logger.errors[-2:]))
 
     def _execute(self, key: tuple) -> None:
-        if not self.use_cuda_graph:
-            if not self.context.execute_async_v3(self.stream):
-                raise ArtifactError("TensorRT execution failed: " + "; ".join(self.logger.errors[-2:]))
-            return
-        if key not in self.graphs:  # run once after a shape change, then capture the same launch
-            self.context.execute_async_v3(self.stream)
+        """A plain enqueue, or a CUDA graph: captured once per shape and replayed, with a plain enqueue after
+        every shape or profile change; a failed capture falls back to plain launches for that shape."""
+        action = launch_plan(key, self.last_key, key in self.graphs) if self.use_cuda_graph else "plain"
+        self.last_key = key
+        if action == "capture" and key not in self.uncapturable:
             self.cuda.begin_capture(self.stream)
-            self.context.execute_async_v3(self.stream)
-            self.graphs[key] = self.cuda.end_capture(self.stream)
-        self.cuda.launch_graph(self.graphs[key], self.stream)
+            enqueued = self.context.execute_async_v3(self.stream)
+            graph = self.cuda.end_capture(self.stream)
+            if enqueued and graph is not None:
+                self.graphs[key] = graph
+            else:
+                self.uncapturable.add(key)
+        if key in self.graphs and action != "plain":
+            self.cuda.launch_graph(self.graphs[key], self.stream)
+        else:
+            self._enqueue()
 
     def run(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        with self._lock:
-            return self._run(SPEC.feed(feed[SPEC.signal], feed[SPEC.channel_ids]))
+        with self._lock, self.cuda.activate():
+            feed = SPEC.feed(feed[SPEC.signal], feed[SPEC.channel_ids])
+            return self._run({name: array.astype(self.input_dtypes[name], copy=False) for name, array in feed.items()})
 
     def _run(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        signal, ids = feed[SPEC.signal], feed[SPEC.channel_ids]
-        batch, channels, time = signal.shape
+        batch, channels, time = feed[SPEC.signal].shape
         profile = select_profile(self.profiles, batch, channels, time)
         if profile != self.active_profile:
             self.context.set_optimization_profile_async(profile, self.stream)
             self.active_profile = profile
-        self.context.set_input_shape(SPEC.signal, signal.shape)
-        self.context.set_input_shape(SPEC.channel_ids, ids.shape)
+        for name, array in feed.items():
+            if not self.context.set_input_shape(name, array.shape):
+                raise ArtifactError(f"TensorRT refused input shape {array.shape} for {name}: "
+                                    + "; ".join(self.logger.errors[-2:]))
         for name, array in feed.items():
             host_array(self.host[name], array.shape, array.dtype)[...] = array
             self.cuda.copy_to_device(self.device[name], self.host[name], array.nbytes, self.stream)
-        self._execute((profile, signal.shape))
+        self._execute((profile, (batch, channels, time)))
         outputs = {}
         for name in self.output_names:
             shape = tuple(self.context.get_tensor_shape(name))
@@ -147,13 +214,28 @@ class TensorRTBackend:
         self.cuda.synchronize(self.stream)
         return {name: array.copy() for name, array in outputs.items()}
 
+    def gpu_compute_ms(self) -> float:
+        """GPU time of one inference of the last shape (inputs already on the GPU), between CUDA events on the
+        stream, as trtexec reports "GPU Compute Time"; host enqueue time is not in it."""
+        with self._lock, self.cuda.activate():
+            start, end = self.cuda.event(), self.cuda.event()
+            self.cuda.record(start, self.stream)
+            self._execute((self.active_profile, tuple(self.context.get_tensor_shape(SPEC.signal))))
+            self.cuda.record(end, self.stream)
+            return self.cuda.elapsed_ms(start, end)
+
     def execute_only(self) -> None:
         """Re-run the last shape with its inputs already on the GPU: compute time without host copies."""
-        self._execute((self.active_profile, tuple(self.context.get_tensor_shape(SPEC.signal))))
-        self.cuda.synchronize(self.stream)
+        with self._lock, self.cuda.activate():
+            self._execute((self.active_profile, tuple(self.context.get_tensor_shape(SPEC.signal))))
+            self.cuda.synchronize(self.stream)
 
     def close(self) -> None:
+        """Release graphs, buffers and the stream (then the context and engine)."""
         if getattr(self, "device", None):
-            self.cuda.free(list(self.device.values()), list(self.host.values()))
-            self.device, self.host = {}, {}
+            with self.cuda.activate():
+                self.cuda.synchronize(self.stream)
+                self.cuda.free(list(self.device.values()), list(self.host.values()), self.stream,
+                               tuple(self.graphs.values()))
+            self.device, self.host, self.graphs = {}, {}, {}
         self.context = self.engine = None

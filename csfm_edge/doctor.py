@@ -1,0 +1,233 @@
+"""``csfm-edge doctor``: what this machine has, and whether csfm-edge works on it, in one report.
+
+The report names the platform, driver, CUDA runtime and binding, TensorRT library and version, and the
+GPU (with the Jetson module and power mode), then runs checks that each end ``pass``, ``fail`` or
+``skipped`` with a one-line reason: ONNX Runtime and OpenVINO run each artifact; TensorRT parses and
+builds it (ahead of time with TensorRT for RTX where there is no GPU); with a GPU, a native engine per
+artifact and preset verified against the artifact on ONNX Runtime (no torch needed on a Jetson),
+CUDA-graph and plain runs equal across alternating shapes and profiles, two threads equal to one, and
+GPU compute time at batch 1 and 8. Every decision it reports comes from the library's own functions.
+"""
+
+from __future__ import annotations
+
+import platform
+import shutil
+import subprocess
+import tempfile
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from csfm_edge import __version__
+from csfm_edge.environment import installed_versions
+from csfm_edge.errors import CsfmError
+from csfm_edge.metrics import cosine_rows
+from csfm_edge.profiles import PRESETS
+from csfm_edge.recordings.datasets import lead_set_batches, shaped_batch
+from csfm_edge.spec import SPEC
+
+
+@dataclass
+class Check:
+    name: str
+    status: str  # "pass", "fail" or "skipped"
+    detail: str
+
+
+@dataclass
+class Report:
+    machine: dict
+    checks: list[Check] = field(default_factory=list)
+
+    @property
+    def failed(self) -> bool:
+        return any(c.status == "fail" for c in self.checks)
+
+    def to_dict(self) -> dict:
+        return {"csfm_edge": __version__, "machine": self.machine, "checks": [asdict(c) for c in self.checks],
+                "passed": not self.failed}
+
+
+def _run(*cmd: str) -> str | None:
+    if shutil.which(cmd[0]) is None:
+        return None
+    try:
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=15)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return done.stdout.strip() if done.returncode == 0 else None
+
+
+def machine() -> dict:
+    """Platform, driver, CUDA, TensorRT and GPU identity, each None (with why) where absent."""
+    from csfm_edge.runtime.cuda import binding_major, cuda_api, jetson_module
+    from csfm_edge.runtime.tensorrt_lib import load_tensorrt
+
+    info: dict = {"platform": platform.platform(), "python": platform.python_version(),
+                  "packages": installed_versions(), "cuda_binding_major": binding_major(),
+                  "jetson_module": jetson_module(),
+                  "nvidia_smi": _run("nvidia-smi", "--query-gpu=name,driver_version,compute_cap,memory.total",
+                                     "--format=csv,noheader"),
+                  "nvpmodel": _run("nvpmodel", "-q")}
+    try:
+        trt = load_tensorrt()
+        info["tensorrt"] = {"library": trt.library, "version": trt.version}
+    except CsfmError as exc:
+        info["tensorrt"] = {"missing": str(exc).split(":")[0]}
+    try:
+        api = cuda_api()
+        gpu = api.gpu()
+        info["gpu"] = {**asdict(gpu), "cuda_api": api.name}
+    except CsfmError as exc:
+        info["gpu"] = {"missing": str(exc)}
+    return info
+
+
+def _check(report: Report, name: str, run: Callable[[], str]) -> None:
+    """Run one check: its return value is the pass detail; a CsfmError is a fail; SkipCheck a skip."""
+    try:
+        report.checks.append(Check(name, "pass", run()))
+    except SkipCheck as skip:
+        report.checks.append(Check(name, "skipped", str(skip)))
+    except (CsfmError, ModuleNotFoundError, OSError, RuntimeError, ValueError) as exc:
+        report.checks.append(Check(name, "fail", f"{type(exc).__name__}: {str(exc).splitlines()[0]}"))
+
+
+class SkipCheck(Exception):
+    """A check that cannot run on this machine; the message says why."""
+
+
+def _real_feed(data_dir: Path | None, batch: int, channels: int) -> dict[str, np.ndarray]:
+    signal, ids = shaped_batch(lead_set_batches(data_dir), batch, channels, SPEC.axes["time"].max)
+    return SPEC.feed(signal, ids)
+
+
+def _agreement(reference: dict, candidate: dict) -> float:
+    return float(cosine_rows(reference[SPEC.features], candidate[SPEC.features]).min())
+
+
+def artifact_checks(report: Report, artifact: Path, data_dir: Path | None, gpu: bool) -> None:
+    from csfm_edge.runtime.backends.onnxruntime import OnnxRuntimeBackend
+    from csfm_edge.runtime.backends.openvino import OpenVINOBackend, openvino_available
+    from csfm_edge.runtime.manifest import read_manifest
+
+    name = artifact.name
+    manifest = read_manifest(artifact)
+    tolerance = SPEC.tolerances[manifest.precision]
+    feed = _real_feed(data_dir, 2, 2)
+    outputs: dict[str, dict] = {}
+
+    def onnxruntime() -> str:
+        outputs["reference"] = OnnxRuntimeBackend(artifact, "cpu").run(feed)
+        return f"ran lead II + PPG batch 2 on real windows: features {outputs['reference'][SPEC.features].shape}"
+
+    def openvino() -> str:
+        if not openvino_available():
+            raise SkipCheck("openvino is not installed (pip install 'csfm-edge[openvino]')")
+        if manifest.precision.startswith("cpu-"):
+            raise SkipCheck("ONNX Runtime CPU graph (contrib ops): not for OpenVINO")
+        if "reference" not in outputs:
+            raise SkipCheck("ONNX Runtime did not run it: nothing to compare with")
+        cosine = _agreement(outputs["reference"],
+                            OpenVINOBackend(artifact, manifest.precision, manifest.output_names).run(feed))
+        if cosine < (tolerance.min_cosine or 0.999):
+            raise CsfmError(f"OpenVINO and ONNX Runtime disagree: min cosine {cosine:.5f}")
+        return f"equals ONNX Runtime: min cosine {cosine:.6f}"
+
+    _check(report, f"{name}: onnxruntime", onnxruntime)
+    _check(report, f"{name}: openvino", openvino)
+    _check(report, f"{name}: tensorrt build", lambda: _build_check(artifact, manifest, gpu))
+    if gpu:
+        _check(report, f"{name}: tensorrt engine", lambda: _engine_checks(artifact, manifest, data_dir))
+    else:
+        report.checks.append(Check(f"{name}: tensorrt engine", "skipped", _no_gpu_reason(report)))
+
+
+def _no_gpu_reason(report: Report) -> str:
+    return f"no usable NVIDIA GPU ({report.machine['gpu'].get('missing', 'unknown')})"
+
+
+def _build_check(artifact: Path, manifest, gpu: bool) -> str:
+    from csfm_edge.export.tensorrt_build import BuildRequest, build_engine
+
+    if manifest.precision.startswith("cpu-"):
+        raise SkipCheck("ONNX Runtime CPU graph: not a TensorRT artifact")
+    target = "native" if gpu else "rtx-sm86"
+    try:
+        from csfm_edge.runtime.tensorrt_lib import library_for_target, load_tensorrt
+
+        load_tensorrt(library_for_target(target))
+    except CsfmError as exc:
+        raise SkipCheck(str(exc).split(":")[0] + " (no TensorRT: nothing to build with)") from None
+    with tempfile.TemporaryDirectory() as tmp:
+        plan = build_engine(BuildRequest(artifact, Path(tmp) / "doctor.plan", [PRESETS["bedside"]], target,
+                                         progress=lambda message: None))
+        size = plan.stat().st_size / 1e6
+    return f"parsed and built ({'this GPU' if gpu else 'ahead of time for SM86'}, bedside preset): {size:.1f} MB"
+
+
+def _engine_checks(artifact: Path, manifest, data_dir: Path | None) -> str:
+    """Native engine: verified against the ONNX on ONNX Runtime, graph replay = plain, two threads = one."""
+    from csfm_edge.export.tensorrt_build import BuildRequest, build_engine
+    from csfm_edge.runtime.backends.onnxruntime import OnnxRuntimeBackend
+    from csfm_edge.runtime.backends.tensorrt import TensorRTBackend
+    from csfm_edge.runtime.manifest import read_manifest
+
+    tolerance = SPEC.tolerances[manifest.precision]
+    with tempfile.TemporaryDirectory() as tmp:
+        plan = build_engine(BuildRequest(artifact, Path(tmp) / "doctor.plan", [PRESETS["bedside"], PRESETS["clinic"]],
+                                         progress=lambda message: None))
+        plan_manifest = read_manifest(plan)
+        feeds = [_real_feed(data_dir, 2, 2), _real_feed(data_dir, 8, 12), _real_feed(data_dir, 1, 1)]
+        expected = [OnnxRuntimeBackend(artifact, "cpu").run(f) for f in feeds]
+        plain = TensorRTBackend(plan, plan_manifest)
+        graphed = TensorRTBackend(plan, plan_manifest, use_cuda_graph=True)
+        try:
+            worst = min(_agreement(e, plain.run(f)) for e, f in zip(expected, feeds))
+            if worst < (tolerance.min_cosine or 0.9999):
+                raise CsfmError(f"engine vs ONNX Runtime: min cosine {worst:.5f}")
+            for _ in range(3):  # alternating shapes and profiles: replay must follow every change
+                for f in feeds:
+                    a, b = plain.run(f)[SPEC.features], graphed.run(f)[SPEC.features]
+                    if not np.allclose(a, b, atol=1e-5):
+                        raise CsfmError("CUDA-graph replay differs from plain launches after a shape change")
+            with ThreadPoolExecutor(2) as pool:
+                threaded = list(pool.map(lambda f: plain.run(f)[SPEC.features], feeds * 2))
+            if not all(np.allclose(t, plain.run(f)[SPEC.features], atol=1e-5) for t, f in zip(threaded, feeds * 2)):
+                raise CsfmError("two threads on one engine give other results than one")
+            times = {}
+            for batch in (1, 8):
+                plain.run(_real_feed(data_dir, batch, 2))
+                times[batch] = float(np.median([plain.gpu_compute_ms() for _ in range(20)]))
+        finally:
+            plain.close()
+            graphed.close()
+    return (f"verified vs ONNX Runtime (min cosine {worst:.6f}); graph replay = plain across shapes; 2 threads = 1; "
+            f"GPU compute {times[1]:.2f} ms at batch 1, {times[8]:.2f} ms at batch 8 (II+PPG)")
+
+
+def run_doctor(artifacts: list[Path], data_dir: Path | None) -> Report:
+    report = Report(machine())
+    gpu = "missing" not in report.machine["gpu"]
+    tensorrt = report.machine["tensorrt"]
+    report.checks.append(Check("tensorrt library", "pass" if "missing" not in tensorrt else "skipped",
+                               f"{tensorrt['library']} {tensorrt['version']}" if "missing" not in tensorrt
+                               else tensorrt["missing"]))
+    report.checks.append(Check("gpu", "pass" if gpu else "skipped",
+                               report.machine["gpu"].get("name", "") if gpu else _no_gpu_reason(report)))
+    for artifact in artifacts:
+        _check(report, f"{artifact.name}: manifest", lambda a=artifact: _manifest_check(a))
+        if report.checks[-1].status == "pass":
+            artifact_checks(report, artifact, data_dir, gpu)
+    return report
+
+
+def _manifest_check(artifact: Path) -> str:
+    from csfm_edge.runtime.manifest import read_manifest
+
+    manifest = read_manifest(artifact)
+    return f"CSFM {manifest.model.size} {manifest.precision}, weights {manifest.weights.describe()}"
