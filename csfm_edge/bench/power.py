@@ -45,6 +45,18 @@ def nvml_device(visible: str | None) -> tuple[str, str | int]:
     return "index", int(first) if first.isdigit() else 0
 
 
+def _nvml_handle(pynvml):
+    """NVML's handle of the GPU CUDA computes on: by its PCI bus id where the CUDA layer can say, else by
+    ``CUDA_VISIBLE_DEVICES`` (right where CUDA_DEVICE_ORDER=PCI_BUS_ID or one GPU is visible)."""
+    try:
+        from csfm_edge.runtime.cuda import cuda_api
+
+        return pynvml.nvmlDeviceGetHandleByPciBusId(cuda_api().pci_bus_id())
+    except Exception:  # no CUDA binding here: fall back to the visible-devices rule
+        kind, which = nvml_device(os.environ.get("CUDA_VISIBLE_DEVICES"))
+        return pynvml.nvmlDeviceGetHandleByUUID(which) if kind == "uuid" else pynvml.nvmlDeviceGetHandleByIndex(which)
+
+
 class PowerSampler:
     """Average power, energy and peak GPU memory over a timed block (``with PowerSampler() as power: ...``)."""
 
@@ -62,9 +74,7 @@ class PowerSampler:
             import pynvml
 
             pynvml.nvmlInit()
-            kind, which = nvml_device(os.environ.get("CUDA_VISIBLE_DEVICES"))
-            handle = pynvml.nvmlDeviceGetHandleByUUID(which) if kind == "uuid" else \
-                pynvml.nvmlDeviceGetHandleByIndex(which)
+            handle = _nvml_handle(pynvml)
             pynvml.nvmlDeviceGetPowerUsage(handle)  # Jetson: initialises, then "Not Supported" here
             self._nvml, self._handle, self.source = pynvml, handle, "nvml"
         except Exception:  # no pynvml, no driver, no GPU, or not supported: Jetson's tool, else nothing

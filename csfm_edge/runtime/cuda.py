@@ -89,6 +89,11 @@ class CudaPython:
         return GpuInfo(name.rstrip("\x00"), f"{prop.major}.{prop.minor}", int(prop.totalGlobalMem),
                        int(prop.multiProcessorCount), jetson_module())
 
+    def pci_bus_id(self) -> str:
+        """The PCI bus id of the device this process computes on (what NVML needs: it counts in PCI order)."""
+        value = self._ok(self.rt.cudaDeviceGetPCIBusId(32, 0), "PCI bus id")
+        return (value.decode() if isinstance(value, bytes) else str(value)).rstrip("\x00")
+
     def stream(self) -> int:
         return int(self._ok(self.rt.cudaStreamCreate(), "stream creation"))
 
@@ -174,6 +179,9 @@ class PyCuda:
         major, minor = device.compute_capability()
         sm_count = device.get_attribute(self.drv.device_attribute.MULTIPROCESSOR_COUNT)
         return GpuInfo(device.name(), f"{major}.{minor}", device.total_memory(), int(sm_count), jetson_module())
+
+    def pci_bus_id(self) -> str:
+        return self.drv.Device(0).pci_bus_id()
 
     def stream(self) -> int:
         stream = self.drv.Stream()
