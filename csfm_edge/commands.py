@@ -33,9 +33,11 @@ def env(args: argparse.Namespace) -> int:
 
 
 def export_flags(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--size", required=True, help="tiny, base or large")
+    p.add_argument("--size", default=None,
+                   help="tiny, base or large (default with --checkpoint: the architecture it holds, named after "
+                        "its size or custom-dDIMxDEPTH)")
     weights = p.add_mutually_exclusive_group()
-    weights.add_argument("--checkpoint", type=Path, help="authors'-format checkpoint of that size")
+    weights.add_argument("--checkpoint", type=Path, help="authors'-format checkpoint (of that size, if named)")
     weights.add_argument("--seed", type=int, default=0, help="seed of the UNTRAINED random weights (default 0)")
     p.add_argument("--precision", default="fp32,fp16,int8",
                    help="comma-separated: fp32, fp16, int8 (portable, TensorRT-ready); cpu-fp32, cpu-int8 "
@@ -56,7 +58,8 @@ def export(args: argparse.Namespace) -> int:
     from csfm_edge.recordings.datasets import default_data_dir
 
     precisions = tuple(split_list(args.precision))
-    run_export(ExportRequest(size=args.size.lower(), out_dir=args.out, checkpoint=args.checkpoint,
+    size = args.size.lower() if args.size else None
+    run_export(ExportRequest(size=size, out_dir=args.out, checkpoint=args.checkpoint,
                              seed=None if args.checkpoint else args.seed, precisions=precisions,
                              data_dir=args.data or default_data_dir(), calibration_data=args.calibration_data,
                              calibration_method=args.calibration_method, opset=args.opset, force=args.force))

@@ -15,7 +15,7 @@ import torch
 from conftest import quiet
 from onnx import numpy_helper
 
-from csfm_edge.errors import VerificationError
+from csfm_edge.errors import CsfmError, VerificationError
 from csfm_edge.export.onnx_export import ExportRequest, export
 from csfm_edge.fileio import sha256_of
 from csfm_edge.model import build
@@ -43,6 +43,11 @@ def test_files_and_manifests(tiny_artifacts):
     assert read_manifest(tiny_artifacts["int8"]).calibration["windows"] > 0
     assert read_manifest(tiny_artifacts["fp32"]).verification["worst"]["max_abs"] <= 1e-4
     assert read_manifest(tiny_artifacts["fp16"]).verification["worst"]["min_mean_cosine"] >= 0.999
+
+
+def test_every_precision_passes_the_onnx_checker_with_full_shape_inference(tiny_artifacts):
+    for path in tiny_artifacts.values():  # the FP16 converter once left its input casts out of topological order
+        onnx.checker.check_model(onnx.load(str(path)), full_check=True)
 
 
 def test_graph_interface_is_symbolic_and_checks(tiny_artifacts):
@@ -180,3 +185,32 @@ def test_verify_cli_passes_and_catches_a_changed_file(tiny_artifacts, tmp_path, 
     _assert_clean_error(_cli("verify", str(copy)), "does not match its manifest")
     copy.with_suffix(".json").unlink()
     _assert_clean_error(_cli("verify", str(copy)), "has no manifest")
+
+
+def test_a_custom_architecture_is_exported_under_its_own_name(tmp_path, data_dir):
+    from csfm_edge.config import CSFMConfig
+
+    model = build(CSFMConfig(dim=64, depth=2, heads=2, mlp_dim=128), seed=5)
+    torch.save({f"encoder.{k}": v for k, v in model.state_dict().items()}, tmp_path / "small.pth")
+    [path] = export(ExportRequest(size=None, out_dir=tmp_path / "out", checkpoint=tmp_path / "small.pth",
+                                  precisions=("fp32",), data_dir=data_dir, progress=quiet))
+    assert path.name == "csfm-custom-d64x2.fp32.onnx"
+    manifest = read_manifest(path)
+    assert (manifest.model.size, manifest.model.dim, manifest.model.depth) == ("custom-d64x2", 64, 2)
+    assert manifest.verification["passed"] and manifest.outputs["features"].width == 64
+    with pytest.raises(CsfmError, match="--size"):
+        export(ExportRequest(size=None, out_dir=tmp_path / "out2", progress=quiet))
+
+
+def test_stale_staging_folders_of_killed_exports_are_removed(tmp_path):
+    import os
+
+    from csfm_edge.export.onnx_export import remove_stale_exports
+
+    dead = tmp_path / ".csfm-export-999999999-abc"
+    live = tmp_path / f".csfm-export-{os.getpid()}-def"
+    for folder in (dead, live):
+        folder.mkdir()
+        (folder / "traced.onnx").write_bytes(b"x" * 1000)
+    assert remove_stale_exports(tmp_path) == [dead]
+    assert not dead.exists() and live.exists()

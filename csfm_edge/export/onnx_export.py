@@ -34,6 +34,7 @@ from csfm_edge.runtime.manifest import (
     Manifest,
     ModelInfo,
     WeightsInfo,
+    custom_name,
     model_inputs,
     model_outputs,
     now,
@@ -47,7 +48,7 @@ from csfm_edge.spec import DEFAULT_PRECISIONS, PRECISIONS, SPEC, artifact_stem
 
 @dataclass
 class ExportRequest:
-    size: str
+    size: str | None  # None: the architecture the checkpoint holds (named after its size, or custom-dDIMxDEPTH)
     out_dir: Path
     checkpoint: Path | None = None
     seed: int | None = 0
@@ -60,9 +61,8 @@ class ExportRequest:
     progress: Callable[[str], None] = console_progress
 
 
-def _check_request(request: ExportRequest) -> list[Path]:
-    """Refuse bad requests before any work: size, precisions, output folder, existing files."""
-    size_config(request.size)
+def _check_request(request: ExportRequest, name: str) -> list[Path]:
+    """Refuse bad requests before any work: precisions, output folder, existing files."""
     unknown = [p for p in request.precisions if p not in PRECISIONS]
     if unknown or not request.precisions:
         raise CsfmError(f"unknown precision {unknown or '(none)'}; choose from {', '.join(PRECISIONS)}")
@@ -75,15 +75,41 @@ def _check_request(request: ExportRequest) -> list[Path]:
             pass
     except OSError as exc:
         raise CsfmError(f"output folder {out} is not writable ({exc.strerror or exc})") from None
-    targets = [out / f"{artifact_stem(request.size, p)}.onnx" for p in request.precisions]
+    targets = [out / f"{artifact_stem(name, p)}.onnx" for p in request.precisions]
     existing = [t.name for t in targets if t.exists() or t.with_suffix(".json").exists()]
     if existing and not request.force:
         raise CsfmError(f"{', '.join(existing)} already exist in {out}: pass --force to overwrite")
     return targets
 
 
-def load_model(size: str, checkpoint: Path | None, seed: int | None) -> CSFM:
-    """The user's checkpoint (which must be ``size``), or seeded random weights labelled untrained."""
+STAGING_PREFIX = ".csfm-export-"  # + the exporting process id: a hidden folder beside the artifacts
+
+
+def remove_stale_exports(folder: Path) -> list[Path]:
+    """Remove staging folders that exports killed hard (out of memory, SIGKILL) left behind: those whose
+    process no longer runs. A live export's folder is left alone, so two exports may share an output folder."""
+    removed = []
+    for staging in folder.glob(f"{STAGING_PREFIX}*"):
+        pid = staging.name[len(STAGING_PREFIX):].split("-")[0]
+        if staging.is_dir() and (not pid.isdigit() or not _running(int(pid))):
+            shutil.rmtree(staging, ignore_errors=True)
+            removed.append(staging)
+    return removed
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def load_model(size: str | None, checkpoint: Path | None, seed: int | None) -> CSFM:
+    """The user's checkpoint (which must be ``size`` where one is named), or seeded random weights labelled
+    untrained."""
     if checkpoint is not None:
         return load_checkpoint(checkpoint, size)
     return build(size, seed=seed)
@@ -101,7 +127,7 @@ def _manifest(request: ExportRequest, model: CSFM, precision: str, how: dict, ve
               calibration: dict | None) -> Manifest:
     return Manifest(
         artifact="onnx", created=now(), precision=precision, precision_detail=how, opset=request.opset,
-        model=ModelInfo.of(model.config, request.size),
+        model=ModelInfo.of(model.config),
         weights=_weights_record(model, request.checkpoint, request.seed),
         inputs=model_inputs(), outputs=model_outputs(model.config),
         channel_ids={name: i for i, name in enumerate(LEAD_NAMES)},
@@ -111,12 +137,23 @@ def _manifest(request: ExportRequest, model: CSFM, precision: str, how: dict, ve
 
 def export(request: ExportRequest) -> list[Path]:
     """Export every requested precision of one size; return the artifact paths written."""
-    targets = _check_request(request)
     say = request.progress
     started = time.perf_counter()
+    model = None
+    if request.size is None:  # the architecture the checkpoint holds, whatever its widths
+        if request.checkpoint is None:
+            raise CsfmError("name a --size (tiny, base, large), or pass --checkpoint to export the architecture it "
+                            "holds")
+        model = load_model(None, request.checkpoint, None)
+    else:
+        size_config(request.size)
+    name = request.size if model is None else (model.config.name or custom_name(model.config))
+    targets = _check_request(request, name)
+    remove_stale_exports(request.out_dir)
     weights = request.checkpoint or f"UNTRAINED random weights (seed {request.seed})"
-    say(f"[export] loading CSFM {request.size} from {weights}")
-    model = load_model(request.size, request.checkpoint, request.seed)
+    say(f"[export] loading CSFM {name} from {weights}")
+    if model is None:
+        model = load_model(request.size, request.checkpoint, request.seed)
     if request.checkpoint is not None:
         say(f"[export] {model.load_report.summary()}")
     cases, data = verification_cases(request.data_dir)
@@ -124,7 +161,7 @@ def export(request: ExportRequest) -> list[Path]:
     say(f"[export] PyTorch reference on {len(cases)} cases")
     reference = run_cases(TorchBackend(model), cases, "reference", say)
     written: list[Path] = []
-    with tempfile.TemporaryDirectory(dir=request.out_dir, prefix=".csfm-export-") as tmp:
+    with tempfile.TemporaryDirectory(dir=request.out_dir, prefix=f"{STAGING_PREFIX}{os.getpid()}-") as tmp:
         fp32 = Path(tmp) / "traced.onnx"
         say(f"[export] tracing to ONNX (opset {request.opset})")
         export_fp32(model, fp32, request.opset)

@@ -18,6 +18,7 @@ from pathlib import Path
 import onnx
 from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quant_pre_process, quantize_static
 from onnxruntime.transformers.float16 import DEFAULT_OP_BLOCK_LIST, convert_float_to_float16
+from onnxruntime.transformers.onnx_model import OnnxModel
 
 from csfm_edge.errors import CsfmError
 from csfm_edge.export.calibration import RecordingCalibrationReader
@@ -34,7 +35,11 @@ def to_fp16(fp32_path: Path, out_path: Path) -> dict:
     model = onnx.load(str(fp32_path))
     block = sorted(set(DEFAULT_OP_BLOCK_LIST) | set(FP32_OPS_IN_FP16_GRAPH))
     fp16 = convert_float_to_float16(model, keep_io_types=True, op_block_list=block)
-    onnx.save(fp16, str(out_path))
+    # The converter appends the input casts at the end of the node list; ONNX requires topological order
+    # ("Nodes in a graph must be topologically sorted"), which onnx.checker and Polygraphy enforce.
+    sorted_model = OnnxModel(fp16)
+    sorted_model.topological_sort()
+    onnx.save(sorted_model.model, str(out_path))
     return {"tool": "onnxruntime.transformers.float16.convert_float_to_float16",
             "kept_fp32_ops": list(FP32_OPS_IN_FP16_GRAPH), "io_types": "float32 (casts inside the graph)"}
 
