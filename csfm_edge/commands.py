@@ -47,6 +47,10 @@ def export_flags(p: argparse.ArgumentParser) -> None:
                         "ECG shipped with the package)")
     p.add_argument("--calibration-data", type=Path, help="recordings for INT8 calibration (default: --data)")
     p.add_argument("--calibration-method", default="minmax", choices=("minmax", "entropy", "percentile"))
+    p.add_argument("--calibration-windows", type=int, default=256,
+                   help="real windows for INT8 calibration, from every lead set (default 256; memory stays flat)")
+    p.add_argument("--allow-small-calibration", action="store_true",
+                   help="calibrate INT8 on fewer windows than --calibration-windows when no more are available")
     p.add_argument("--opset", type=int, default=17)
     p.add_argument("--out", type=Path, required=True, help="output folder")
     p.add_argument("--force", action="store_true", help="overwrite existing artifacts")
@@ -62,7 +66,9 @@ def export(args: argparse.Namespace) -> int:
     run_export(ExportRequest(size=size, out_dir=args.out, checkpoint=args.checkpoint,
                              seed=None if args.checkpoint else args.seed, precisions=precisions,
                              data_dir=args.data or default_data_dir(), calibration_data=args.calibration_data,
-                             calibration_method=args.calibration_method, opset=args.opset, force=args.force))
+                             calibration_method=args.calibration_method,
+                             calibration_windows=args.calibration_windows,
+                             allow_small_calibration=args.allow_small_calibration, opset=args.opset, force=args.force))
     return 0
 
 

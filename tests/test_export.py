@@ -214,3 +214,24 @@ def test_stale_staging_folders_of_killed_exports_are_removed(tmp_path):
         (folder / "traced.onnx").write_bytes(b"x" * 1000)
     assert remove_stale_exports(tmp_path) == [dead]
     assert not dead.exists() and live.exists()
+
+
+def test_calibration_draws_every_lead_set_and_never_a_verification_window(data_dir):
+    from csfm_edge.export.calibration import RecordingCalibrationReader
+    from csfm_edge.recordings.datasets import CALIBRATION_OFFSETS_S, TWELVE_LEAD_RECORDS, calibration_batches
+
+    batches = {b.name: b for b in calibration_batches(data_dir, 256)}
+    assert set(batches) == {"12lead", "ii+ppg", "ii", "ppg"} and sum(len(b.signal) for b in batches.values()) == 256
+    assert not set(TWELVE_LEAD_RECORDS["verify"]) & set(TWELVE_LEAD_RECORDS["calibrate"])
+    # long records: verification windows cover 0-10 s of each minute, calibration ones start 15-45 s in
+    assert all(10 <= offset and offset + 10 <= 60 for offset in CALIBRATION_OFFSETS_S)
+    reader = RecordingCalibrationReader(list(batches.values()))
+    reader.set_range(10, 12)  # ONNX Runtime's strided calibration: one stride at a time
+    assert [reader.get_next() is not None for _ in range(3)] == [True, True, False]
+    assert reader.describe()["windows"] == 256
+
+
+def test_too_few_calibration_windows_are_refused(tmp_path):
+    with pytest.raises(CsfmError, match="allow-small-calibration"):  # the bundled 22-s ECG has a few windows
+        export(ExportRequest(size="tiny", out_dir=tmp_path, precisions=("int8",), data_dir=None, progress=quiet))
+    assert not list(tmp_path.glob("*.onnx"))

@@ -14,12 +14,14 @@ from onnxruntime.quantization import CalibrationDataReader
 
 from csfm_edge.errors import CsfmError
 from csfm_edge.fileio import sha256_of
-from csfm_edge.recordings.datasets import LeadSetBatch, lead_set_batches
+from csfm_edge.recordings.datasets import LeadSetBatch, calibration_batches
 from csfm_edge.spec import SPEC
 
 
 class RecordingCalibrationReader(CalibrationDataReader):
-    """One feed per real window (batch 1, so calibration memory stays bounded for Large at 12 leads)."""
+    """One feed per real window. ``set_range`` is ONNX Runtime's strided-calibration hook: quantize_static
+    with ``CalibStridedMinMax`` collects one stride, merges its ranges (or histograms) and frees it before
+    the next, so calibration memory does not grow with the number of windows."""
 
     def __init__(self, batches: list[LeadSetBatch]):
         self.batches = batches
@@ -27,14 +29,17 @@ class RecordingCalibrationReader(CalibrationDataReader):
                       for b in batches for k in range(len(b.signal))]
         if not self.feeds:
             raise CsfmError("calibration set is empty: no windows could be read from the calibration data")
-        self._next = 0
+        self._next, self._end = 0, len(self.feeds)
 
     @classmethod
-    def from_data_dir(cls, data_dir: Path | None, windows_per_lead_set: int = 4) -> RecordingCalibrationReader:
-        return cls(lead_set_batches(data_dir, batch=windows_per_lead_set, split="calibrate"))
+    def from_data_dir(cls, data_dir: Path | None, windows: int) -> RecordingCalibrationReader:
+        return cls(calibration_batches(data_dir, windows))
+
+    def set_range(self, start_index: int, end_index: int) -> None:
+        self._next, self._end = start_index, min(end_index, len(self.feeds))
 
     def get_next(self) -> dict[str, np.ndarray] | None:
-        if self._next >= len(self.feeds):
+        if self._next >= self._end:
             return None
         self._next += 1
         return self.feeds[self._next - 1]
@@ -43,7 +48,7 @@ class RecordingCalibrationReader(CalibrationDataReader):
         return len(self.feeds)
 
     def rewind(self) -> None:
-        self._next = 0
+        self._next, self._end = 0, len(self.feeds)
 
     def describe(self) -> dict:
         files = sorted({f for b in self.batches for f in b.files})

@@ -56,6 +56,8 @@ class ExportRequest:
     data_dir: Path | None = None
     calibration_data: Path | None = None
     calibration_method: str = "minmax"
+    calibration_windows: int = 256
+    allow_small_calibration: bool = False
     opset: int = SPEC.opset
     force: bool = False
     progress: Callable[[str], None] = console_progress
@@ -177,7 +179,12 @@ def export(request: ExportRequest) -> list[Path]:
             elif precision in CPU_PRECISIONS:
                 how = export_cpu(model, precision, candidate, request.opset)
             else:
-                reader = RecordingCalibrationReader.from_data_dir(request.calibration_data or request.data_dir)
+                reader = RecordingCalibrationReader.from_data_dir(request.calibration_data or request.data_dir,
+                                                                  request.calibration_windows)
+                if len(reader) < request.calibration_windows and not request.allow_small_calibration:
+                    raise CsfmError(f"only {len(reader)} real calibration windows, fewer than the "
+                                    f"{request.calibration_windows} asked for: pass a larger --calibration-data "
+                                    "folder, fewer --calibration-windows, or --allow-small-calibration")
                 say(f"[export] calibrating INT8 ({request.calibration_method}) on {len(reader)} real windows")
                 how = to_int8(fp32, candidate, reader, request.calibration_method)
                 calibration = reader.describe()

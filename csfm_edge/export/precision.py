@@ -56,10 +56,12 @@ def to_int8(fp32_path: Path, out_path: Path, reader: RecordingCalibrationReader,
         # which quant_pre_process still runs, is enough for quantize_static.
         quant_pre_process(str(fp32_path), str(prepared), skip_symbolic_shape=True)
         # Not CalibMaxIntermediateOutputs: in onnxruntime 1.32 it discards the collected batches
-        # before computing their ranges ("No data is collected."). Calibration memory therefore grows
-        # with the set (about 2 GB per 12-lead window for Large), which is why the set is small.
+        # before computing their ranges ("No data is collected.").
+        # One window per stride: ONNX Runtime computes and merges each stride's ranges (min/max, or the
+        # histograms of entropy/percentile) and frees its activations before the next, so peak memory is
+        # that of one window whatever the number of windows.
         extra = {"ActivationSymmetric": True, "WeightSymmetric": True,
-                 "QDQOpTypePerChannelSupportToAxis": {"MatMul": 1}}
+                 "QDQOpTypePerChannelSupportToAxis": {"MatMul": 1}, "CalibStridedMinMax": 1}
         if method == "percentile":
             extra["CalibPercentile"] = PERCENTILE
         reader.rewind()

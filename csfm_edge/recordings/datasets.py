@@ -24,8 +24,13 @@ from csfm_edge.runtime.preprocess import sliding_windows
 # very windows it was calibrated on.
 TWELVE_LEAD_RECORDS = {
     "verify": ("E07500", "E07501", "E07502", "E07503", "HR06000", "HR06001", "HR06002", "HR06003"),
-    "calibrate": ("E07504", "E07505", "E07506", "E07507", "E07508", "E07509", "HR06004"),
+    "calibrate": ("E07504", "E07505", "E07506", "E07507", "E07508", "E07509", "HR06004",
+                  *(f"JS200{i}" for i in range(10, 20))),
 }
+# Calibration windows of the long records start 15, 25, 35 and 45 s into each minute: the verification
+# windows cover 0-10 s of each minute, so the two never share a sample.
+CALIBRATION_OFFSETS_S = (15.0, 25.0, 35.0, 45.0)
+DYNAMIC_RECORDS = "cpsc2021_data_*.npz"  # Holter/wearable leads I, II: calibration only
 FIRST_WINDOW_S = {"verify": 0.0, "calibrate": 30.0}  # long records: windows every 60 s from here
 BEDSIDE_RECORD = "a103l"  # lead II, V (no CSFM id), PLETH at 250 Hz, 330 s
 AMBULATORY_RECORD = "mitdb100_5min"  # MLII, V5 at 360 Hz, 300 s
@@ -91,6 +96,52 @@ def lead_set_batches(data_dir: Path | None, batch: int = 4, split: str = "verify
         LeadSetBatch("ppg", _windows(bedside, (PPG_ID,), batch, first), np.array([PPG_ID]),
                      f"CinC 2015 {BEDSIDE_RECORD} PLETH, {every}", (bedside,)),
     ]
+
+
+def _calibration_windows(path: Path, ids: tuple[int, ...], offsets_s: tuple[float, ...] | None) -> np.ndarray:
+    """Windows of ``ids`` at ``offsets_s`` into every minute (None: every 10 s, for records never verified on)."""
+    signal, fs, channel_ids = read_npz_record(path)
+    windows = sliding_windows(signal[rows_of(channel_ids, ids)], fs, list(ids), hop_s=5.0)
+    keep = [k for k, s in enumerate(windows.start_s)
+            if (s % 10 == 0 if offsets_s is None else s % 60 in offsets_s) and s + 10 <= windows.signal_s]
+    return windows.data[keep]
+
+
+def calibration_batches(data_dir: Path | None, windows: int) -> list[LeadSetBatch]:
+    """Up to ``windows`` real windows for INT8 calibration, drawn in turn from every lead set the model serves
+    (12-lead, II + PPG, II, PPG) and never overlapping a verification window: other 12-lead records, other
+    minutes of the long records, and the dynamic ECG records verification does not use."""
+    if data_dir is None:
+        recording = sample_ecg()  # 22 s: its windows overlap the verification ones; refused unless allowed
+        data = sliding_windows(recording.signal, recording.fs, recording.leads, hop_s=4.0).data[::-1][:windows]
+        return [LeadSetBatch("ii", data, np.array([1]), f"{recording.source} (calibration windows)")]
+    data_dir = Path(data_dir)
+    if not data_dir.is_dir():
+        raise InputFileError(f"calibration data folder {data_dir} does not exist")
+    bedside, ambulatory = data_dir / f"{BEDSIDE_RECORD}.npz", data_dir / f"{AMBULATORY_RECORD}.npz"
+    dynamic = sorted(data_dir.glob(DYNAMIC_RECORDS))
+    twelve_files = tuple(data_dir / f"{r}.npz" for r in TWELVE_LEAD_RECORDS["calibrate"])
+    pools = [
+        ("12lead", np.arange(12), [_windows(f, tuple(range(12)), 1, 0.0) for f in twelve_files if f.exists()],
+         "CinC 2021 Georgia/PTB-XL/Chapman " + ",".join(f.stem for f in twelve_files if f.exists()), twelve_files),
+        ("ii+ppg", np.array([1, PPG_ID]), [_calibration_windows(bedside, (1, PPG_ID), CALIBRATION_OFFSETS_S)],
+         f"CinC 2015 {BEDSIDE_RECORD} II+PLETH, 15-45 s of each minute", (bedside,)),
+        ("ii", np.array([1]), [_calibration_windows(ambulatory, (1,), CALIBRATION_OFFSETS_S)]
+         + [_calibration_windows(f, (1,), None) for f in dynamic],
+         f"MIT-BIH {AMBULATORY_RECORD} MLII (15-45 s of each minute) and CPSC 2021 lead II, every 10 s",
+         (ambulatory, *dynamic)),
+        ("ppg", np.array([PPG_ID]), [_calibration_windows(bedside, (PPG_ID,), CALIBRATION_OFFSETS_S)],
+         f"CinC 2015 {BEDSIDE_RECORD} PLETH, 15-45 s of each minute", (bedside,)),
+    ]
+    available = [np.concatenate(parts) if parts else np.zeros((0, len(ids), WINDOW_SAMPLES), np.float32)
+                 for _, ids, parts, _, _ in pools]
+    taken = [0] * len(pools)
+    while sum(taken) < windows and any(t < len(a) for t, a in zip(taken, available)):
+        for k, pool in enumerate(available):  # round robin: every lead set gets its share while it has windows
+            if taken[k] < len(pool) and sum(taken) < windows:
+                taken[k] += 1
+    return [LeadSetBatch(name, pool[:count], ids, source, tuple(f for f in files if f.exists()))
+            for (name, ids, _, source, files), pool, count in zip(pools, available, taken) if count]
 
 
 def real_batch(batches: list[LeadSetBatch], ids, batch: int, time: int = WINDOW_SAMPLES) -> np.ndarray:
