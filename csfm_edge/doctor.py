@@ -12,8 +12,6 @@ GPU compute time at batch 1 and 8. Every decision it reports comes from the libr
 from __future__ import annotations
 
 import platform
-import shutil
-import subprocess
 import tempfile
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -23,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from csfm_edge import __version__
+from csfm_edge.bench.machine import command_output
 from csfm_edge.environment import installed_versions
 from csfm_edge.errors import CsfmError
 from csfm_edge.metrics import cosine_rows
@@ -52,16 +51,6 @@ class Report:
                 "passed": not self.failed}
 
 
-def _run(*cmd: str) -> str | None:
-    if shutil.which(cmd[0]) is None:
-        return None
-    try:
-        done = subprocess.run(cmd, capture_output=True, text=True, timeout=15)
-    except (OSError, subprocess.TimeoutExpired):
-        return None
-    return done.stdout.strip() if done.returncode == 0 else None
-
-
 def machine() -> dict:
     """Platform, driver, CUDA, TensorRT and GPU identity, each None (with why) where absent."""
     from csfm_edge.runtime.cuda import binding_major, cuda_api, jetson_module
@@ -70,9 +59,9 @@ def machine() -> dict:
     info: dict = {"platform": platform.platform(), "python": platform.python_version(),
                   "packages": installed_versions(), "cuda_binding_major": binding_major(),
                   "jetson_module": jetson_module(),
-                  "nvidia_smi": _run("nvidia-smi", "--query-gpu=name,driver_version,compute_cap,memory.total",
+                  "nvidia_smi": command_output("nvidia-smi", "--query-gpu=name,driver_version,compute_cap,memory.total",
                                      "--format=csv,noheader"),
-                  "nvpmodel": _run("nvpmodel", "-q")}
+                  "nvpmodel": command_output("nvpmodel", "-q")}
     try:
         trt = load_tensorrt()
         info["tensorrt"] = {"library": trt.library, "version": trt.version}

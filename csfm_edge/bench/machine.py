@@ -15,7 +15,8 @@ from csfm_edge.environment import installed_versions
 from csfm_edge.runtime.cuda import jetson_module
 
 
-def _run(*cmd: str) -> str | None:
+def command_output(*cmd: str) -> str | None:
+    """A tool's stdout, or None where it is missing, fails or hangs (nvidia-smi, nvpmodel, git)."""
     try:
         done = subprocess.run(cmd, capture_output=True, text=True, timeout=10)
     except (OSError, subprocess.TimeoutExpired):
@@ -36,7 +37,7 @@ def cpu_model() -> str:
 def gpu_record() -> dict | None:
     """nvidia-smi's view of GPU 0 (data-center and desktop); Jetson power mode and clocks where present."""
     fields = "name,memory.total,driver_version,compute_cap,clocks.max.sm,clocks.sm,power.limit"
-    line = _run("nvidia-smi", f"--query-gpu={fields}", "--format=csv,noheader,nounits")
+    line = command_output("nvidia-smi", f"--query-gpu={fields}", "--format=csv,noheader,nounits")
     record = None
     if line:
         values = [v.strip() for v in line.splitlines()[0].split(",")]
@@ -46,14 +47,14 @@ def gpu_record() -> dict | None:
         record = record or {}
         record["nvidia_smi_name"] = record.get("name")  # JetPack 6's nvidia-smi says "Orin (nvgpu)"
         record["name"] = jetson_module() or "Jetson"  # "NVIDIA Jetson AGX Orin Developer Kit": finds its peak
-        record["nvpmodel"] = _run("nvpmodel", "-q")
-        record["jetson_clocks"] = _run("jetson_clocks", "--show")
+        record["nvpmodel"] = command_output("nvpmodel", "-q")
+        record["jetson_clocks"] = command_output("jetson_clocks", "--show")
     return record
 
 
 def git_commit() -> str | None:
     root = Path(__file__).resolve().parents[2]
-    return _run("git", "-C", str(root), "rev-parse", "--short", "HEAD") if (root / ".git").exists() else None
+    return command_output("git", "-C", str(root), "rev-parse", "--short", "HEAD") if (root / ".git").exists() else None
 
 
 def cpu_peak_gflops(seconds: float = 1.0, size: int = 2048) -> float:
