@@ -247,6 +247,14 @@ def test_cuda_graph_replay_waits_for_a_plain_enqueue_after_shape_changes():
     assert steps == ["plain", "capture", "replay", "plain", "capture", "plain", "replay"]
 
 
+def test_graph_replay_is_off_where_it_cannot_capture():
+    from csfm_edge.runtime.backends.tensorrt import graph_replay_problem
+
+    assert graph_replay_problem("tensorrt", "cuda-python") is None
+    assert "PyCUDA" in graph_replay_problem("tensorrt", "pycuda")
+    assert "REQUIRE_USER_ALLOCATION" in graph_replay_problem("tensorrt_rtx", "cuda-python")
+
+
 def test_engine_tensors_are_checked_against_the_manifest():
     from csfm_edge.runtime.backends.tensorrt import engine_tensor_problem
 

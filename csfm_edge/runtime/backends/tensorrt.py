@@ -17,7 +17,7 @@ from csfm_edge.errors import ArtifactError, BackendUnavailableError
 from csfm_edge.profiles import Profile, select_profile
 from csfm_edge.runtime.cuda import GpuInfo, cuda_api, host_array
 from csfm_edge.runtime.manifest import Manifest
-from csfm_edge.runtime.tensorrt_lib import load_tensorrt
+from csfm_edge.runtime.tensorrt_lib import RTX, load_tensorrt
 from csfm_edge.spec import SPEC
 
 DTYPES = {"float32": np.float32, "int64": np.int64}
@@ -76,6 +76,18 @@ def launch_plan(key: tuple, last_key: tuple | None, captured: bool) -> str:
     if key != last_key:
         return "plain"
     return "replay" if captured else "capture"
+
+
+def graph_replay_problem(library: str, cuda_api: str) -> str | None:
+    """Why CUDA-graph replay is off for this engine, or None when it can be used.
+
+    PyCUDA has no stream capture here; TensorRT for RTX captures only engines built with
+    ``REQUIRE_USER_ALLOCATION`` and run on user-managed device memory, which csfm-edge's builds do not use."""
+    if cuda_api != "cuda-python":
+        return "CUDA-graph replay needs cuda-python (PyCUDA has no stream capture here)"
+    if library == RTX:
+        return "TensorRT for RTX captures only engines built with REQUIRE_USER_ALLOCATION; these run plainly"
+    return None
 
 
 TRT_DTYPES = {"FLOAT": "float32", "INT64": "int64", "INT32": "int32", "HALF": "float16"}
@@ -154,7 +166,8 @@ class TensorRTBackend:
             if not self.context.set_tensor_address(name, address):
                 raise ArtifactError(f"TensorRT refused the address of tensor {name}: " + "; ".join(self.logger.errors))
         self.active_profile = -1
-        self.use_cuda_graph = use_cuda_graph and hasattr(self.cuda, "begin_capture")
+        self.graph_problem = graph_replay_problem(self.trt.library, self.cuda.name) if use_cuda_graph else None
+        self.use_cuda_graph = use_cuda_graph and self.graph_problem is None
         self.graphs: dict[tuple, object] = {}
         self.uncapturable: set[tuple] = set()
         self.last_key: tuple | None = None
@@ -162,7 +175,8 @@ class TensorRTBackend:
     def describe(self) -> dict:
         return {"backend": self.name, "provider": f"{self.trt.library} {self.trt.version}",
                 "gpu": self.gpu.name, "compute_capability": self.gpu.compute_capability,
-                "cuda": self.cuda.name, "cuda_graph": self.use_cuda_graph, "file": self.plan.name}
+                "cuda": self.cuda.name, "cuda_graph": self.use_cuda_graph or self.graph_problem or False,
+                "file": self.plan.name}
 
     def _enqueue(self) -> None:
         if not self.context.execute_async_v3(self.stream):
