@@ -235,3 +235,22 @@ def test_too_few_calibration_windows_are_refused(tmp_path):
     with pytest.raises(CsfmError, match="allow-small-calibration"):  # the bundled 22-s ECG has a few windows
         export(ExportRequest(size="tiny", out_dir=tmp_path, precisions=("int8",), data_dir=None, progress=quiet))
     assert not list(tmp_path.glob("*.onnx"))
+
+
+def test_export_verifies_and_calibrates_on_a_users_own_folder(tmp_path, data_dir):
+    """Recordings under the user's own names (and a sub-folder): no shared file name is needed."""
+    folder = tmp_path / "our-ward"
+    (folder / "holter").mkdir(parents=True)
+    for source, name in [("a103l", "bed7.npz"), ("JS20011", "ecg-0001.npz"), ("JS20012", "ecg-0002.npz"),
+                         ("cpsc2021_data_8_2", "holter/day1.npz")]:
+        (folder / name).write_bytes((data_dir / f"{source}.npz").read_bytes())
+    [path] = export(ExportRequest(size="tiny", out_dir=tmp_path / "out", precisions=("int8",), data_dir=folder,
+                                  calibration_windows=32, progress=quiet))
+    manifest = read_manifest(path)
+    assert manifest.verification["passed"] and str(folder) in manifest.verification["data"]
+    assert manifest.calibration["windows"] == 32 and "ii+ppg" in manifest.calibration["lead_sets"]
+    assert "bed7.npz" in manifest.calibration["files_sha256"]
+    with pytest.raises(CsfmError, match="no recordings"):
+        (tmp_path / "empty").mkdir()
+        export(ExportRequest(size="tiny", out_dir=tmp_path / "out2", precisions=("fp32",), data_dir=tmp_path / "empty",
+                             progress=quiet))

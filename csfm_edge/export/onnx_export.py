@@ -109,6 +109,17 @@ def _running(pid: int) -> bool:
     return True
 
 
+def _calibration_reader(request: ExportRequest) -> RecordingCalibrationReader:
+    """The INT8 calibration windows, refused before any work when fewer than asked for (unless allowed)."""
+    reader = RecordingCalibrationReader.from_data_dir(request.calibration_data or request.data_dir,
+                                                      request.calibration_windows)
+    if len(reader) < request.calibration_windows and not request.allow_small_calibration:
+        raise CsfmError(f"only {len(reader)} real calibration windows, fewer than the {request.calibration_windows} "
+                        "asked for: pass a larger --calibration-data folder, fewer --calibration-windows, or "
+                        "--allow-small-calibration")
+    return reader
+
+
 def load_model(size: str | None, checkpoint: Path | None, seed: int | None) -> CSFM:
     """The user's checkpoint (which must be ``size`` where one is named), or seeded random weights labelled
     untrained."""
@@ -152,6 +163,7 @@ def export(request: ExportRequest) -> list[Path]:
     name = request.size if model is None else (model.config.name or custom_name(model.config))
     targets = _check_request(request, name)
     remove_stale_exports(request.out_dir)
+    reader = _calibration_reader(request) if "int8" in request.precisions else None
     weights = request.checkpoint or f"UNTRAINED random weights (seed {request.seed})"
     say(f"[export] loading CSFM {name} from {weights}")
     if model is None:
@@ -179,12 +191,6 @@ def export(request: ExportRequest) -> list[Path]:
             elif precision in CPU_PRECISIONS:
                 how = export_cpu(model, precision, candidate, request.opset)
             else:
-                reader = RecordingCalibrationReader.from_data_dir(request.calibration_data or request.data_dir,
-                                                                  request.calibration_windows)
-                if len(reader) < request.calibration_windows and not request.allow_small_calibration:
-                    raise CsfmError(f"only {len(reader)} real calibration windows, fewer than the "
-                                    f"{request.calibration_windows} asked for: pass a larger --calibration-data "
-                                    "folder, fewer --calibration-windows, or --allow-small-calibration")
                 say(f"[export] calibrating INT8 ({request.calibration_method}) on {len(reader)} real windows")
                 how = to_int8(fp32, candidate, reader, request.calibration_method)
                 calibration = reader.describe()

@@ -15,8 +15,8 @@ from pathlib import Path
 import numpy as np
 
 from csfm_edge.config import WINDOW_SAMPLES
-from csfm_edge.errors import InputFileError
-from csfm_edge.leads import PPG_ID, rows_of
+from csfm_edge.errors import CsfmError, InputFileError
+from csfm_edge.leads import PPG_ID, lead_names, resolve_leads, rows_of
 from csfm_edge.recordings.sample import sample_ecg
 from csfm_edge.runtime.preprocess import sliding_windows
 
@@ -71,11 +71,64 @@ def _windows(path: Path, ids: tuple[int, ...], count: int, first_s: float) -> np
     return windows.data[keep[:count]]
 
 
+def is_shared_layout(data_dir: Path) -> bool:
+    """True for the shared recordings' folder (its file names are known); any other folder is a user's."""
+    names = (*TWELVE_LEAD_RECORDS["verify"], BEDSIDE_RECORD, AMBULATORY_RECORD)
+    return all((Path(data_dir) / f"{name}.npz").exists() for name in names)
+
+
+def user_batches(data_dir: Path, split: str, per_set: int | None = None, total: int | None = None
+                 ) -> list[LeadSetBatch]:
+    """Real windows from a user's folder of recordings of any names and formats the runtime reads (those that
+    record their rate and leads), grouped by lead set. Verification and calibration never share a window:
+    in records of a minute or more, verification takes the window at 0 s of each minute and calibration those
+    at 15-45 s; shorter records go whole to one or the other, alternately by file name."""
+    from csfm_edge.recordings.batch import find_recordings
+    from csfm_edge.recordings.readers import read_recording
+
+    pools: dict[tuple[int, ...], list[np.ndarray]] = {}
+    files: dict[tuple[int, ...], list[Path]] = {}
+    for index, path in enumerate(find_recordings([data_dir], recursive=True)):
+        try:
+            recording = read_recording(path)
+            signal = np.asarray(recording.signal) if not isinstance(recording.fs, list) else None
+            if signal is None:
+                continue  # leads at several rates: not used for verification or calibration
+            windows = sliding_windows(signal, recording.fs, recording.leads, hop_s=5.0)
+        except CsfmError:
+            continue  # needs --fs/--leads, or unreadable: not usable here
+        long = windows.signal_s >= 60
+        keep = [k for k, start in enumerate(windows.start_s)
+                if (long and start + 10 <= windows.signal_s
+                    and (start % 60 == 0 if split == "verify" else start % 60 in CALIBRATION_OFFSETS_S))
+                or (not long and k == 0 and (index % 2 == 0) == (split == "verify"))]
+        ids = tuple(int(i) for i in resolve_leads(recording.leads))
+        pools.setdefault(ids, []).extend(windows.data[keep])
+        files.setdefault(ids, []).append(path)
+    if not pools:
+        raise InputFileError(f"{data_dir} holds no recording csfm-edge can read with its rate and leads "
+                             "(npz with fs and leads, WFDB, EDF/BDF)")
+    counts = {ids: len(pool) for ids, pool in pools.items()}
+    if total is not None:  # round robin over lead sets
+        counts = dict.fromkeys(pools, 0)
+        while sum(counts.values()) < total and any(counts[i] < len(pools[i]) for i in pools):
+            for i in pools:
+                if counts[i] < len(pools[i]) and sum(counts.values()) < total:
+                    counts[i] += 1
+    elif per_set is not None:
+        counts = {ids: min(per_set, len(pool)) for ids, pool in pools.items()}
+    return [LeadSetBatch("+".join(lead_names(ids)).lower(), np.stack(pools[ids][:counts[ids]]), np.array(ids),
+                         f"{data_dir}: {len(files[ids])} recordings ({split} windows)", tuple(files[ids]))
+            for ids in sorted(pools) if counts[ids]]
+
+
 def lead_set_batches(data_dir: Path | None, batch: int = 4, split: str = "verify") -> list[LeadSetBatch]:
     """Real windows per lead set in ``data_dir`` (vendored ECG if None); ``split`` verify or calibrate."""
     if data_dir is not None and not Path(data_dir).is_dir():
         raise InputFileError(f"data folder {data_dir} does not exist (pass --data with the shared recordings' folder, "
                              "or leave it out to use the sample that ships with the package)")
+    if data_dir is not None and not is_shared_layout(data_dir):
+        return user_batches(Path(data_dir), split, per_set=batch)
     if data_dir is None:
         recording = sample_ecg()
         windows = sliding_windows(recording.signal, recording.fs, recording.leads, hop_s=4.0).data
@@ -118,6 +171,8 @@ def calibration_batches(data_dir: Path | None, windows: int) -> list[LeadSetBatc
     data_dir = Path(data_dir)
     if not data_dir.is_dir():
         raise InputFileError(f"calibration data folder {data_dir} does not exist")
+    if not is_shared_layout(data_dir):
+        return user_batches(data_dir, "calibrate", total=windows)
     bedside, ambulatory = data_dir / f"{BEDSIDE_RECORD}.npz", data_dir / f"{AMBULATORY_RECORD}.npz"
     dynamic = sorted(data_dir.glob(DYNAMIC_RECORDS))
     twelve_files = tuple(data_dir / f"{r}.npz" for r in TWELVE_LEAD_RECORDS["calibrate"])
