@@ -12,6 +12,8 @@ engines' accuracy:
 
 from __future__ import annotations
 
+import contextlib
+import io
 import tempfile
 from pathlib import Path
 
@@ -65,10 +67,11 @@ def to_int8(fp32_path: Path, out_path: Path, reader: RecordingCalibrationReader,
         if method == "percentile":
             extra["CalibPercentile"] = PERCENTILE
         reader.rewind()
-        quantize_static(str(prepared), str(out_path), reader, quant_format=QuantFormat.QDQ,
-                        op_types_to_quantize=list(INT8_OPS), per_channel=True,
-                        activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
-                        calibrate_method=CALIBRATION_METHODS[method], extra_options=extra)
+        with contextlib.redirect_stdout(io.StringIO()):  # its histogram calibrators print a line per stride
+            quantize_static(str(prepared), str(out_path), reader, quant_format=QuantFormat.QDQ,
+                            op_types_to_quantize=list(INT8_OPS), per_channel=True,
+                            activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
+                            calibrate_method=CALIBRATION_METHODS[method], extra_options=extra)
     return {"tool": "onnxruntime.quantization.quantize_static (QDQ)", "calibration_method": method,
             "percentile": PERCENTILE if method == "percentile" else None,
             "activations": "int8 symmetric per tensor", "weights": "int8 symmetric per channel (axis 1)",
