@@ -163,13 +163,13 @@ def export(request: ExportRequest) -> list[Path]:
     name = request.size if model is None else (model.config.name or custom_name(model.config))
     targets = _check_request(request, name)
     remove_stale_exports(request.out_dir)
-    reader = _calibration_reader(request) if "int8" in request.precisions else None
     weights = request.checkpoint or f"UNTRAINED random weights (seed {request.seed})"
     say(f"[export] loading CSFM {name} from {weights}")
     if model is None:
         model = load_model(request.size, request.checkpoint, request.seed)
     if request.checkpoint is not None:
         say(f"[export] {model.load_report.summary()}")
+    reader = _calibration_reader(request) if "int8" in request.precisions else None  # before the long work
     cases, data = verification_cases(request.data_dir)
     say(f"[export] verification data: {data}")
     say(f"[export] PyTorch reference on {len(cases)} cases")
