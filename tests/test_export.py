@@ -50,6 +50,17 @@ def test_every_precision_passes_the_onnx_checker_with_full_shape_inference(tiny_
         onnx.checker.check_model(onnx.load(str(path)), full_check=True)
 
 
+def test_every_precision_passes_polygraphy_lint(tiny_artifacts, tmp_path):
+    for precision, path in tiny_artifacts.items():
+        report = tmp_path / f"{precision}.json"
+        polygraphy = Path(sys.executable).parent / "polygraphy"  # its console script (no __main__ module)
+        done = subprocess.run([str(polygraphy), "check", "lint", str(path), "--input-shapes",
+                               "signal:[2,2,2500]", "channel_ids:[2]", "-o", str(report)],
+                              capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0 and "PASSED" in done.stdout + done.stderr, (precision, done.stderr[-2000:])
+        assert json.loads(report.read_text())["summary"]["failing"] == [], precision
+
+
 def test_graph_interface_is_symbolic_and_checks(tiny_artifacts):
     model = onnx.load(str(tiny_artifacts["fp32"]))
     onnx.checker.check_model(model, full_check=True)
