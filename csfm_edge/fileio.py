@@ -11,6 +11,8 @@ import os
 import tempfile
 from pathlib import Path
 
+from csfm_edge.errors import OutputError
+
 
 def sha256_of(path: str | Path) -> str:
     digest = hashlib.sha256()
@@ -42,8 +44,6 @@ def check_output(path: str | Path, *, protected: list[Path], force: bool = False
     """Refuse, before any work, an output that would destroy something: one of the ``protected`` files
     (inputs, artifacts, manifests), an existing file without ``force``, a folder, or a path whose folder
     is missing or not writable. Return the path."""
-    from csfm_edge.errors import OutputError
-
     path = Path(path)
     for kept in protected:
         if _same_file(path, Path(kept)) or path.resolve() == Path(kept).resolve():

@@ -135,7 +135,8 @@ def run_batch(request: BatchRequest, session: Session | None = None) -> BatchSum
         done = {p.name for p in parts.glob("*.parquet")}
     own_session = session is None
     session = session or Session.open(request.artifact, provider=request.provider)
-    artifact_sha256 = sha256_of(request.artifact)
+    # the manifest's sha256 was just checked against the file when the session opened it: no second hash
+    artifact_sha256 = session.manifest.file.sha256 if session.manifest.file else sha256_of(request.artifact)
     try:
         if parts is not None:
             parts.mkdir(exist_ok=True)

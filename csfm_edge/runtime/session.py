@@ -107,6 +107,11 @@ class DroppedLead:
     def __str__(self) -> str:
         return f"{self.lead} ({self.reason} for the whole recording)"
 
+    @property
+    def flag(self) -> str:
+        """As a window flag (``flat:PPG``, ``missing:II``): a lead unusable in a whole stream window or segment."""
+        return f"{self.reason}:{self.lead}"
+
 
 @dataclass
 class EmbedResult:
@@ -324,8 +329,7 @@ class Session:
                 prepared = self.prepare(chunk, fs, leads, hop_s=hop_s, max_gap_s=max_gap_s, offsets=segment.offsets)
                 part = self.score(prepared, batch_size)
             except NoSignalError as exc:
-                width = {name: t.width for name, t in self.manifest.outputs.items()}
-                empty = {name: np.full((len(segment.offsets), w), np.nan, np.float32) for name, w in width.items()}
+                empty = self.nan_outputs(len(segment.offsets))
                 part = EmbedResult(empty[SPEC.features], empty.get(SPEC.logits),
                                    np.asarray(segment.offsets) / SAMPLE_RATE_HZ,
                                    [["no_signal"] for _ in segment.offsets], [], dropped=getattr(exc, "dropped", []))
@@ -338,7 +342,7 @@ class Session:
         _refuse_or_drop(dropped, strict, len(names) - len(dropped))
         flags = []
         for part, _ in parts:
-            local = [f"{d.reason}:{d.lead}" for d in part.dropped if d.lead not in everywhere]
+            local = [d.flag for d in part.dropped if d.lead not in everywhere]
             flags += [local + f for f in part.flags]
         features = np.concatenate([part.features for part, _ in parts])
         logits = np.concatenate([part.logits for part, _ in parts]) if self.manifest.has_head else None
@@ -399,13 +403,16 @@ class Session:
         result.aggregate = _aggregate(result)
         return result
 
+    def nan_outputs(self, windows: int) -> dict[str, np.ndarray]:
+        """NaN rows of every output: the answer for windows (or requests) that could not be scored."""
+        return {name: np.full((windows, t.width), np.nan, np.float32) for name, t in self.manifest.outputs.items()}
+
     def _score(self, windows, ids: np.ndarray, names: list[str], batch_size: int
                ) -> tuple[np.ndarray, np.ndarray | None, list[list[str]]]:
         """Run every window on the leads usable in it: windows are grouped by their usable leads and batched."""
         flags = windows.flags(names)
         usable = ~windows.unusable(names)
-        widths = {name: tensor.width for name, tensor in self.manifest.outputs.items()}
-        outputs = {name: np.full((len(flags), width), np.nan, np.float32) for name, width in widths.items()}
+        outputs = self.nan_outputs(len(flags))
         groups: dict[tuple[bool, ...], list[int]] = {}
         for w, mask in enumerate(usable):
             groups.setdefault(tuple(mask), []).append(w)
@@ -503,7 +510,7 @@ class Stream:
                 result = self.session.embed(window, self.fs, self.ids, hop_s=self.window / self.fs)
             features = result.features[-1]
             logits = result.logits[-1] if result.logits is not None else None
-            flags = [f"{d.reason}:{d.lead}" for d in result.dropped] + result.flags[-1]
+            flags = [d.flag for d in result.dropped] + result.flags[-1]
             if "no_signal" in flags:
                 features = logits = None
         except SignalError as exc:  # no lead of this window carries signal (or an unusable one): flag it

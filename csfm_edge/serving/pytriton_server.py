@@ -77,14 +77,13 @@ class RequestIsolatingInfer:
                 errors = [e or str(exc).splitlines()[0] for e in errors]
                 good = []
         responses, offset = [], 0
-        widths = {name: t.width for name, t in self.session.manifest.outputs.items()}
         for i, (window, error) in enumerate(zip(signals, errors)):
             rows = len(window)
             if i in good:
                 out = {name: value[offset: offset + rows] for name, value in scored.items()}
                 offset += rows
             else:
-                out = {name: np.full((rows, width), np.nan, np.float32) for name, width in widths.items()}
+                out = self.session.nan_outputs(rows)
             out[ERROR_OUTPUT] = np.array([[(error or "").encode()]] * rows, dtype=np.bytes_)
             responses.append(out)
         return responses
