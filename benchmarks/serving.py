@@ -1,6 +1,7 @@
-"""Served (Triton via PyTriton, dynamic batching, loopback) vs direct Session.run, in one run.
+"""Both Triton servers vs direct Session.run, in one run: PyTriton (``serve ARTIFACT``) and the bundled
+tritonserver on a ``triton-repo --platform python`` repository (``serve --repository``).
 
-Usage (PyTriton needs numpy < 2, so this runs in .venv-triton, which scripts/test creates):
+Usage (PyTriton and its bundled server need numpy < 2, so this runs in .venv-triton, which scripts/test creates):
     .venv-triton/bin/python benchmarks/serving.py artifacts/bench/csfm-tiny.int8.onnx [--seconds 10]
 
 For 1, 8 and 32 concurrent clients, each sending one 10-s lead II + PPG window per request on
@@ -22,8 +23,10 @@ import tritonclient.http as http
 
 from csfm_edge.bench.timing import measure
 from csfm_edge.recordings.datasets import default_data_dir, lead_set_batches, real_batch
+from csfm_edge.runtime.session import Session
+from csfm_edge.serving.bundled_server import BundledServer, RepositoryServeRequest
 from csfm_edge.serving.pytriton_server import ServeRequest, start
-from csfm_edge.serving.triton_repo import model_name
+from csfm_edge.serving.triton_repo import TritonRepoRequest, model_name, write_repository
 
 
 def free_port() -> int:
@@ -60,6 +63,50 @@ def clients(url: str, name: str, window: np.ndarray, count: int, seconds: float)
 
 
 ROOT = Path(__file__).resolve().parents[1]
+CLIENTS = (1, 8, 32)
+IDS = [1, 12]
+
+
+def pytriton_rows(args, windows: np.ndarray, session: Session) -> list[tuple[int, list[float], float]]:
+    """(clients, latencies, mean batch) for ``serve ARTIFACT`` (PyTriton), batch sizes from its callable."""
+    port = free_port()
+    with tempfile.TemporaryDirectory(prefix="csfm-triton-") as workspace:
+        triton, served, log = start(ServeRequest(args.artifact, ["ii+ppg"], port, max_batch=32,
+                                                 max_queue_delay_us=2000, provider=args.provider), Path(workspace))
+        try:
+            name = model_name(served.model.size, served.precision, "ii+ppg")
+            rows = []
+            for count in CLIENTS:
+                log.sizes.clear()
+                latencies = clients(f"127.0.0.1:{port}", name, windows[:1], count, args.seconds)
+                rows.append((count, latencies, float(np.mean(log.sizes)) if log.sizes else 1.0))
+            return rows
+        finally:
+            triton.stop()
+            served.close()
+
+
+def bundled_rows(args, windows: np.ndarray, session: Session) -> list[tuple[int, list[float], float]]:
+    """The same for ``serve --repository`` (bundled tritonserver, Python-backend model), batch sizes from
+    Triton's statistics API (inferences per execution)."""
+    with tempfile.TemporaryDirectory(prefix="csfm-repo-") as folder:
+        repo = Path(folder) / "repo"
+        write_repository(TritonRepoRequest([args.artifact], repo, ["ii+ppg"], platform="python", max_batch=32,
+                                           max_queue_delay_us=2000, provider=args.provider))
+        port = free_port()
+        with BundledServer(RepositoryServeRequest(repo, port), log=Path(folder) / "server.log"):
+            name = model_name(session.model.size, session.precision, "ii+ppg")
+            client = http.InferenceServerClient(f"127.0.0.1:{port}")
+            rows = []
+            for count in CLIENTS:
+                before = client.get_inference_statistics(name)["model_stats"][0]
+                latencies = clients(f"127.0.0.1:{port}", name, windows[:1], count, args.seconds)
+                after = client.get_inference_statistics(name)["model_stats"][0]
+                executions = after["execution_count"] - before["execution_count"]
+                rows.append((count, latencies,
+                             (after["inference_count"] - before["inference_count"]) / max(executions, 1)))
+            client.close()
+            return rows
 
 
 def main() -> None:
@@ -70,32 +117,27 @@ def main() -> None:
     parser.add_argument("--data", type=Path, default=default_data_dir() or ROOT.parent / "shared" / "data",
                         help="shared recordings (default $CSFM_EDGE_DATA, else ../shared/data beside the repository)")
     args = parser.parse_args()
-    port = free_port()
-    ids = [1, 12]
-    with tempfile.TemporaryDirectory(prefix="csfm-triton-") as workspace:
-        triton, session, log = start(ServeRequest(args.artifact, ["ii+ppg"], port, max_batch=32,
-                                                  max_queue_delay_us=2000, provider=args.provider), Path(workspace))
-        try:
-            name = model_name(session.model.size, session.precision, "ii+ppg")
-            windows = real_batch(lead_set_batches(args.data), ids, 32)
-            info = session.info()
-            print(f"CSFM {info['size']} {info['precision']} on {info['backend']} ({info['provider']}), "
-                  f"lead II + PPG, 10-s windows, loopback")
-            print(f"{'clients':>7} {'served win/s':>12} {'p50 ms':>8} {'p99 ms':>8} {'mean batch':>10} "
-                  f"{'direct win/s':>12} {'served/direct':>13}")
-            for count in (1, 8, 32):
-                log.sizes.clear()
-                latencies = clients(f"127.0.0.1:{port}", name, windows[:1], count, args.seconds)
-                served = len(latencies) / args.seconds
-                mean_batch = float(np.mean(log.sizes)) if log.sizes else 1.0
+    windows = real_batch(lead_set_batches(args.data), IDS, 32)
+    with Session.open(args.artifact, provider=args.provider) as session:
+        info = session.info()
+        print(f"CSFM {info['size']} {info['precision']} on {info['backend']} ({info['provider']}), "
+              f"lead II + PPG, 10-s windows, loopback")
+        results = {"PyTriton (serve ARTIFACT)": pytriton_rows(args, windows, session),
+                   "bundled tritonserver (serve --repository)": bundled_rows(args, windows, session)}
+        direct: dict[int, float] = {}
+        print(f"{'server':<42} {'clients':>7} {'served win/s':>12} {'p50 ms':>8} {'p99 ms':>8} {'mean batch':>10} "
+              f"{'direct win/s':>12} {'served/direct':>13}")
+        for server, rows in results.items():
+            for count, latencies, mean_batch in rows:
                 batch = max(1, int(round(mean_batch)))
-                direct = measure(lambda b=batch: session.run(windows[:b], ids), duration_s=3.0)
-                direct_rate = batch / (direct.median_ms / 1000)
+                if batch not in direct:
+                    timing = measure(lambda b=batch: session.run(windows[:b], IDS), duration_s=3.0)
+                    direct[batch] = batch / (timing.median_ms / 1000)
+                served = len(latencies) / args.seconds
                 ms = np.asarray(latencies) * 1000
-                print(f"{count:7d} {served:12.1f} {np.percentile(ms, 50):8.1f} {np.percentile(ms, 99):8.1f} "
-                      f"{mean_batch:10.1f} {direct_rate:12.1f} {served / direct_rate * 100:12.0f}%")
-        finally:
-            triton.stop()
+                print(f"{server:<42} {count:7d} {served:12.1f} {np.percentile(ms, 50):8.1f} "
+                      f"{np.percentile(ms, 99):8.1f} {mean_batch:10.1f} {direct[batch]:12.1f} "
+                      f"{served / direct[batch] * 100:12.0f}%")
 
 
 if __name__ == "__main__":

@@ -44,7 +44,8 @@ COMMANDS = (
             c.report_flags, c.bench_report),
     Command("triton-repo", "write a Triton Inference Server model repository (one model per lead set)",
             c.triton_repo_flags, c.triton_repo),
-    Command("serve", "serve an artifact with NVIDIA Triton (PyTriton) and dynamic batching", c.serve_flags, c.serve),
+    Command("serve", "serve an artifact (PyTriton) or a model repository (bundled tritonserver) with NVIDIA Triton",
+            c.serve_flags, c.serve),
     Command("doctor", "what this machine has (driver, CUDA, TensorRT, GPU) and whether csfm-edge works on it",
             c.doctor_flags, c.doctor),
 )

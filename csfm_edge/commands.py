@@ -302,11 +302,15 @@ def triton_repo_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("artifacts", nargs="+", type=Path, help="exported .onnx files (with manifests)")
     p.add_argument("--out", type=Path, required=True, help="model repository folder")
     p.add_argument("--leads", default="ii+ppg,12lead", help="lead sets, one model each (ii, ppg, ii+ppg, 12lead, ...)")
-    p.add_argument("--platform", default="onnxruntime_onnx", choices=("onnxruntime_onnx", "tensorrt_plan"))
+    p.add_argument("--platform", default="onnxruntime_onnx", choices=("onnxruntime_onnx", "tensorrt_plan", "python"),
+                   help="python: a Python-backend model running a csfm-edge Session (no ONNX Runtime/TensorRT "
+                        "backend needed, e.g. the bundled server of `serve --repository`)")
     p.add_argument("--max-batch", type=int, default=64)
     p.add_argument("--max-queue-delay-us", type=int, default=1000)
     p.add_argument("--instances", type=int, default=1)
-    p.add_argument("--kind", default="KIND_GPU", choices=("KIND_GPU", "KIND_CPU"), help="instance group kind")
+    p.add_argument("--kind", default=None, choices=("KIND_GPU", "KIND_CPU"),
+                   help="instance group kind (default KIND_GPU; KIND_CPU for --platform python)")
+    p.add_argument("--provider", default=None, help="--platform python: ONNX Runtime provider or openvino")
     p.add_argument("--preprocess", action="store_true",
                    help="add a preprocessing ensemble per model (raw signal at any rate in; Python backend)")
     p.add_argument("--force", action="store_true", help="write into a non-empty folder")
@@ -317,15 +321,19 @@ def triton_repo(args: argparse.Namespace) -> int:
 
     configs = write_repository(TritonRepoRequest(args.artifacts, args.out, split_list(args.leads), args.platform,
                                                  args.max_batch, args.max_queue_delay_us, args.instances, args.kind,
-                                                 args.preprocess, args.force))
+                                                 args.preprocess, args.force, args.provider))
     for config in configs:
         print(f"wrote {config}")
     return 0
 
 
 def serve_flags(p: argparse.ArgumentParser) -> None:
-    p.add_argument("artifact", type=Path, help=".onnx or .plan")
+    p.add_argument("artifact", type=Path, nargs="?", help=".onnx or .plan, served through PyTriton")
+    p.add_argument("--repository", type=Path, default=None,
+                   help="serve this model repository (triton-repo --platform python) with the Triton server "
+                        "PyTriton bundles, instead of an artifact")
     p.add_argument("--port", type=int, default=8000, help="HTTP port (gRPC: port+1, metrics: port+2)")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface)")
     p.add_argument("--leads", default="ii+ppg,12lead", help="lead sets, one Triton model each")
     p.add_argument("--max-batch", type=int, default=64)
     p.add_argument("--max-queue-delay-us", type=int, default=2000)
@@ -333,10 +341,17 @@ def serve_flags(p: argparse.ArgumentParser) -> None:
 
 
 def serve(args: argparse.Namespace) -> int:
+    if (args.artifact is None) == (args.repository is None):
+        raise CsfmError("serve takes an ARTIFACT or --repository DIR (one of the two)")
+    if args.repository is not None:
+        from csfm_edge.serving.bundled_server import RepositoryServeRequest, serve_repository_forever
+
+        serve_repository_forever(RepositoryServeRequest(args.repository, args.port, args.host))
+        return 0
     from csfm_edge.serving.pytriton_server import ServeRequest, serve_forever
 
     serve_forever(ServeRequest(args.artifact, split_list(args.leads), args.port, args.max_batch,
-                               args.max_queue_delay_us, args.provider))
+                               args.max_queue_delay_us, args.provider, args.host))
     return 0
 
 

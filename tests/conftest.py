@@ -52,3 +52,23 @@ def tiny_artifacts(tmp_path_factory, data_dir) -> dict[str, Path]:
     out = tmp_path_factory.mktemp("tiny")
     paths = export(ExportRequest(size="tiny", out_dir=out, seed=0, data_dir=data_dir, progress=quiet))
     return {p.name.split(".")[1]: p for p in paths}
+
+
+@pytest.fixture(scope="session")
+def head_artifacts(tmp_path_factory, data_dir) -> tuple[dict[str, Path], Path]:
+    """A seeded Tiny with a 5-class head, saved in the authors' layout (encoder. prefix, mlp_head), exported."""
+    import torch
+
+    from csfm_edge.export.onnx_export import ExportRequest, export
+    from csfm_edge.model import build
+
+    folder = tmp_path_factory.mktemp("head")
+    model = build("tiny", seed=11)
+    head = torch.nn.Linear(768, 5)
+    state = {f"encoder.{k}": v for k, v in model.state_dict().items()}
+    state.update({"encoder.mlp_head.weight": head.weight.detach(), "encoder.mlp_head.bias": head.bias.detach()})
+    checkpoint = folder / "csfm_tiny_5class.pth"
+    torch.save(state, checkpoint)
+    paths = export(ExportRequest(size="tiny", out_dir=folder, checkpoint=checkpoint, precisions=("fp16", "int8"),
+                                 data_dir=data_dir, progress=quiet))
+    return {p.name.split(".")[1]: p for p in paths}, checkpoint

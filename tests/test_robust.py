@@ -12,8 +12,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
-import torch
-from conftest import load_record, quiet
+from conftest import load_record
 
 from csfm_edge.errors import (
     ArtifactError,
@@ -27,8 +26,6 @@ from csfm_edge.errors import (
     ShapeError,
     SignalWarning,
 )
-from csfm_edge.export.onnx_export import ExportRequest, export
-from csfm_edge.model import build
 from csfm_edge.runtime import Session
 from csfm_edge.runtime.backends.openvino import openvino_available
 from csfm_edge.runtime.manifest import manifest_path, read_manifest
@@ -165,21 +162,6 @@ def test_threads_on_one_session_equal_sequential_runs(tiny_artifacts, bedside, t
 
 
 # --- artifacts with a classifier head, and manifests that must be trusted ------------------------------
-
-@pytest.fixture(scope="module")
-def head_artifacts(tmp_path_factory, data_dir):
-    """A seeded Tiny with a 5-class head, saved in the authors' layout (encoder. prefix, mlp_head)."""
-    folder = tmp_path_factory.mktemp("head")
-    model = build("tiny", seed=11)
-    head = torch.nn.Linear(768, 5)
-    state = {f"encoder.{k}": v for k, v in model.state_dict().items()}
-    state.update({"encoder.mlp_head.weight": head.weight.detach(), "encoder.mlp_head.bias": head.bias.detach()})
-    checkpoint = folder / "csfm_tiny_5class.pth"
-    torch.save(state, checkpoint)
-    paths = export(ExportRequest(size="tiny", out_dir=folder, checkpoint=checkpoint, precisions=("fp16", "int8"),
-                                 data_dir=data_dir, progress=quiet))
-    return {p.name.split(".")[1]: p for p in paths}, checkpoint
-
 
 @pytest.mark.parametrize("precision", ["fp16", "int8"])
 def test_head_artifacts_open_with_the_default_backend(head_artifacts, bedside, precision):

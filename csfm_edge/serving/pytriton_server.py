@@ -18,9 +18,10 @@ from pathlib import Path
 import numpy as np
 
 from csfm_edge.config import WINDOW_SAMPLES
-from csfm_edge.errors import BackendUnavailableError, CsfmError
+from csfm_edge.errors import BackendUnavailableError
 from csfm_edge.leads import lead_set
 from csfm_edge.runtime.session import Session
+from csfm_edge.serving.requests import score_requests
 from csfm_edge.serving.triton_repo import model_name
 from csfm_edge.spec import SPEC
 
@@ -33,6 +34,7 @@ class ServeRequest:
     max_batch: int = 64
     max_queue_delay_us: int = 2000
     provider: str | None = None
+    host: str = "127.0.0.1"
 
 
 ERROR_OUTPUT = "error"  # per request: empty, or one line saying why this request was not scored
@@ -50,41 +52,24 @@ class RequestIsolatingInfer:
     """PyTriton's inference callable for one lead set: a batch of requests in, one response per request.
 
     PyTriton fails every request of a batch when the callable raises, and its message carries a
-    traceback with server paths. So nothing raises here: the requests that pass :meth:`Session.run`'s
-    checks are scored together, each bad one (NaN, wrong values) gets NaN outputs and its own one-line
+    traceback with server paths. So nothing raises here: :func:`score_requests` scores the good
+    requests together, each bad one (NaN, wrong values) gets NaN outputs and its own one-line
     reason in the ``error`` output, and the rest of its batch is answered as usual.
     """
 
     def __init__(self, session: Session, ids: np.ndarray, log: BatchLog):
         self.session, self.ids, self.log = session, ids, log
 
-    def _problem(self, signal: np.ndarray) -> str | None:
-        if not np.isfinite(signal).all():
-            return "signal contains NaN or inf: send preprocessed (finite, z-scored) windows"
-        return None
-
     def __call__(self, requests) -> list[dict[str, np.ndarray]]:
         signals = [np.asarray(r[SPEC.signal]) for r in requests]
-        errors = [self._problem(x) for x in signals]
-        good = [i for i, e in enumerate(errors) if e is None]
-        self.log.sizes.append(sum(len(signals[i]) for i in good))
-        self.log.mixed += bool(good) and len(good) < len(signals)
-        scored: dict[str, np.ndarray] = {}
-        if good:
-            try:
-                scored = self.session.run(np.concatenate([signals[i] for i in good]), self.ids)
-            except CsfmError as exc:  # one reason for the batch, still as an answer, never a traceback
-                errors = [e or str(exc).splitlines()[0] for e in errors]
-                good = []
-        responses, offset = [], 0
-        for i, (window, error) in enumerate(zip(signals, errors)):
-            rows = len(window)
-            if i in good:
-                out = {name: value[offset: offset + rows] for name, value in scored.items()}
-                offset += rows
-            else:
-                out = self.session.nan_outputs(rows)
-            out[ERROR_OUTPUT] = np.array([[(error or "").encode()]] * rows, dtype=np.bytes_)
+        answers = score_requests(self.session, self.ids, signals)
+        self.log.sizes.append(sum(len(x) for x, a in zip(signals, answers) if a.outputs is not None))
+        failed = sum(a.outputs is None for a in answers)
+        self.log.mixed += 0 < failed < len(answers)
+        responses = []
+        for window, answer in zip(signals, answers):
+            out = answer.outputs if answer.outputs is not None else self.session.nan_outputs(len(window))
+            out[ERROR_OUTPUT] = np.array([[(answer.error or "").encode()]] * len(window), dtype=np.bytes_)
             responses.append(out)
         return responses
 
@@ -109,8 +94,8 @@ def start(request: ServeRequest, workspace: Path | None = None):
     _python_libdir_first()
     session = Session.open(request.artifact, provider=request.provider)
     log = BatchLog()
-    config = TritonConfig(http_port=request.http_port, grpc_port=request.http_port + 1,
-                          metrics_port=request.http_port + 2)
+    config = TritonConfig(http_address=request.host, http_port=request.http_port, grpc_address=request.host,
+                          grpc_port=request.http_port + 1, metrics_port=request.http_port + 2)
     # PyTriton creates the workspace folder itself: give it a fresh path inside ours (or its own temp one)
     triton = Triton(config=config, workspace=None if workspace is None else str(Path(workspace) / "pytriton"))
     outputs = [Tensor(name=name, dtype=np.float32, shape=(tensor.width,))
@@ -137,7 +122,7 @@ def serve_forever(request: ServeRequest) -> None:
     with tempfile.TemporaryDirectory(prefix="csfm-triton-") as workspace:
         triton, session, _ = start(request, Path(workspace))
         names = [model_name(session.model.size, session.precision, s) for s in request.lead_sets]
-        print(f"serving {', '.join(names)} on http://127.0.0.1:{request.http_port} "
+        print(f"serving {', '.join(names)} on http://{request.host}:{request.http_port} "
               f"(gRPC {request.http_port + 1}); Ctrl-C to stop", flush=True)
         try:
             signal.pause()

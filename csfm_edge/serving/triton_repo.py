@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -22,10 +23,11 @@ from csfm_edge.errors import ArtifactError, CsfmError
 from csfm_edge.fileio import write_atomically
 from csfm_edge.leads import lead_names, lead_set
 from csfm_edge.profiles import Profile
-from csfm_edge.runtime.manifest import Manifest, TensorInfo, read_manifest, write_manifest
+from csfm_edge.runtime.manifest import Manifest, TensorInfo, manifest_path, read_manifest, write_manifest
 from csfm_edge.spec import SPEC, AxisRange
 
-PLATFORMS = ("onnxruntime_onnx", "tensorrt_plan")
+PLATFORMS = ("onnxruntime_onnx", "tensorrt_plan", "python")
+PYTHON_MODELS = Path(__file__).resolve().parent / "triton_models"  # copied into the repository as 1/model.py
 
 
 @dataclass
@@ -37,9 +39,10 @@ class TritonRepoRequest:
     max_batch: int = 64
     max_queue_delay_us: int = 1000
     instances: int = 1
-    kind: str = "KIND_GPU"
+    kind: str | None = None  # default: KIND_GPU, but KIND_CPU for python (its Session picks its own device)
     preprocess: bool = False
     force: bool = False
+    provider: str | None = None  # --platform python: the Session's backend (default: the best one installed)
 
 
 def model_name(size: str, precision: str, lead_set: str) -> str:
@@ -77,45 +80,24 @@ def model_config(name: str, platform: str, channels: int, outputs: dict[str, Ten
                  request: TritonRepoRequest) -> str:
     """``config.pbtxt`` of one lead-set model (dims exclude the batch axis, as Triton's batching wants)."""
     preferred = sorted({b for b in (1, 4, 8, 16, 32, 64) if b <= request.max_batch} - {1}) or [request.max_batch]
-    return (f'name: "{name}"\nplatform: "{platform}"\nmax_batch_size: {request.max_batch}\n'
+    runs_on = 'backend: "python"' if platform == "python" else f'platform: "{platform}"'
+    return (f'name: "{name}"\n{runs_on}\nmax_batch_size: {request.max_batch}\n'
             f'input [\n  {{ name: "{SPEC.signal}" data_type: TYPE_FP32 dims: [ {channels}, {WINDOW_SAMPLES} ] }}\n]\n'
             f"output [\n{_output_blocks(outputs)}\n]\n"
             f"dynamic_batching {{\n  preferred_batch_size: [ {', '.join(map(str, preferred))} ]\n"
             f"  max_queue_delay_microseconds: {request.max_queue_delay_us}\n}}\n"
-            f"instance_group [ {{ count: {request.instances} kind: {request.kind} }} ]\n")
+            f"instance_group [ {{ count: {request.instances} kind: {instance_kind(request)} }} ]\n")
 
 
-PREPROCESS_MODEL = '''"""Triton Python-backend model: a raw signal at its own rate -> the CSFM input.
-Written by csfm-edge triton-repo; needs csfm-edge (base package) in the Python backend's environment."""
-
-import json
-
-import numpy as np
-import triton_python_backend_utils as pb_utils
-
-from csfm_edge.runtime.preprocess import preprocess
-from csfm_edge.spec import SPEC
+def instance_kind(request: TritonRepoRequest) -> str:
+    return request.kind or ("KIND_CPU" if request.platform == "python" else "KIND_GPU")
 
 
-class TritonPythonModel:
-    def initialize(self, args):
-        params = json.loads(args["model_config"])["parameters"]
-        self.leads = params["leads"]["string_value"].split(",")
-        self.ppg_order = int(params["ppg_order"]["string_value"])
-
-    def execute(self, requests):
-        responses = []
-        for request in requests:
-            raw = pb_utils.get_input_tensor_by_name(request, "raw").as_numpy()
-            fs = pb_utils.get_input_tensor_by_name(request, "fs").as_numpy()
-            try:
-                out = np.stack([preprocess(raw[i], float(fs[i][0]), self.leads, ppg_order=self.ppg_order)
-                                for i in range(raw.shape[0])])
-                responses.append(pb_utils.InferenceResponse([pb_utils.Tensor(SPEC.signal, out)]))
-            except Exception as exc:  # a bad signal is this request's error; the model keeps serving
-                responses.append(pb_utils.InferenceResponse(error=pb_utils.TritonError(str(exc))))
-        return responses
-'''
+def python_parameters(artifact: str, set_name: str, provider: str | None) -> str:
+    """The ``parameters`` block telling ``triton_models/csfm_model.py`` what to open and which leads it serves."""
+    values = {"artifact": artifact, "lead_set": set_name, "provider": provider or ""}
+    return "parameters [\n" + ",\n".join(f'  {{ key: "{k}" value: {{ string_value: "{v}" }} }}'
+                                          for k, v in values.items()) + "\n]\n"
 
 
 def preprocess_config(name: str, channels: int, leads: str, ppg_order: int, request: TritonRepoRequest) -> str:
@@ -152,7 +134,8 @@ def write_repository(request: TritonRepoRequest) -> list[Path]:
     lead_sets = {name: np.asarray(lead_set(name), dtype=np.int64) for name in request.lead_sets}
     manifests: dict[Path, Manifest] = {}
     for artifact in request.artifacts:
-        if artifact.suffix.lower() != ".onnx":
+        if artifact.suffix.lower() != ".onnx" and not (request.platform == "python"
+                                                       and artifact.suffix.lower() == ".plan"):
             raise ArtifactError(f"{artifact.name}: pass the exported .onnx; Triton models fold the lead set into "
                                 "the graph, and TensorRT plans are built from that folded graph on the server")
         manifests[artifact] = read_manifest(artifact)
@@ -168,6 +151,9 @@ def write_repository(request: TritonRepoRequest) -> list[Path]:
             (folder / "1").mkdir(parents=True, exist_ok=True)
             if request.platform == "onnxruntime_onnx":
                 fold_channel_ids(artifact, ids, folder / "1" / "model.onnx")
+            elif request.platform == "python":
+                _copy_artifact(artifact, folder / "1" / f"model{artifact.suffix.lower()}")
+                shutil.copyfile(PYTHON_MODELS / "csfm_model.py", folder / "1" / "model.py")
             else:  # the plan is built on the server's GPU from this folded graph (see BUILD.txt)
                 source = folder / "source.onnx"
                 fold_channel_ids(artifact, ids, source)
@@ -180,12 +166,21 @@ def write_repository(request: TritonRepoRequest) -> list[Path]:
                     f"container:\n  csfm-edge build {name}/source.onnx --profile {_profile_flag(profile)} "
                     f"--out {name}/1/model.plan\n").encode())
             config = folder / "config.pbtxt"
-            write_atomically(config, model_config(name, request.platform, len(ids), manifest.outputs,
-                                                  request).encode())
+            text = model_config(name, request.platform, len(ids), manifest.outputs, request)
+            if request.platform == "python":
+                text += python_parameters(f"model{artifact.suffix.lower()}", set_name, request.provider)
+            write_atomically(config, text.encode())
             configs.append(config)
             if request.preprocess:
                 configs += _write_ensemble(request, name, ids, manifest)
     return configs
+
+
+def _copy_artifact(artifact: Path, target: Path) -> None:
+    """The artifact and its sidecar manifest under the repository's fixed name (the Session checks both)."""
+    shutil.copyfile(artifact, target)
+    if manifest_path(artifact).is_file():
+        shutil.copyfile(manifest_path(artifact), manifest_path(target))
 
 
 def _profile_flag(profile: Profile) -> str:
@@ -197,7 +192,7 @@ def _write_ensemble(request: TritonRepoRequest, name: str, ids: np.ndarray, mani
     pre_name = f"{name}-preprocess"
     pre = request.out / pre_name
     (pre / "1").mkdir(parents=True, exist_ok=True)
-    write_atomically(pre / "1" / "model.py", PREPROCESS_MODEL.encode())
+    shutil.copyfile(PYTHON_MODELS / "preprocess_model.py", pre / "1" / "model.py")
     ppg_order = manifest.preprocessing.ppg_order
     write_atomically(pre / "config.pbtxt", preprocess_config(pre_name, len(ids), ",".join(lead_names(ids)),
                                                              ppg_order, request).encode())
