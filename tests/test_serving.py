@@ -18,6 +18,7 @@ import pytest
 from conftest import quiet
 
 from csfm_edge.errors import ArtifactError, CsfmError
+from csfm_edge.runtime.manifest import read_manifest
 from csfm_edge.serving.triton_repo import TritonRepoRequest, write_repository
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -51,6 +52,14 @@ def test_repository_configs_parse_and_folded_graphs_match(tiny_artifacts, tmp_pa
     compile((out / "csfm-tiny-int8-12lead-preprocess" / "1" / "model.py").read_text(), "model.py", "exec")
     for config in configs:
         parse_config(config)
+
+    python = write_repository(TritonRepoRequest([tiny_artifacts["int8"]], tmp_path / "python", ["12lead"],
+                                                platform="python", preprocess=True, provider="openvino"))
+    model = parse_config(python[0])
+    assert model.backend == "python" and model.instance_group[0].kind == model.instance_group[0].KIND_CPU
+    assert {k: v.string_value for k, v in model.parameters.items()} == {
+        "artifact": "model.onnx", "lead_set": "12lead", "provider": "openvino"}
+    assert read_manifest(python[0].parent / "1" / "model.onnx").file.name == "model.onnx"  # checked under its name
 
     folded = ort.InferenceSession(str(out / "csfm-tiny-fp32-ii_ppg" / "1" / "model.onnx"),
                                   providers=["CPUExecutionProvider"])

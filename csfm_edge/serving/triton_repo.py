@@ -23,7 +23,7 @@ from csfm_edge.errors import ArtifactError, CsfmError
 from csfm_edge.fileio import write_atomically
 from csfm_edge.leads import lead_names, lead_set
 from csfm_edge.profiles import Profile
-from csfm_edge.runtime.manifest import Manifest, TensorInfo, manifest_path, read_manifest, write_manifest
+from csfm_edge.runtime.manifest import Manifest, TensorInfo, read_manifest, write_manifest
 from csfm_edge.spec import SPEC, AxisRange
 
 PLATFORMS = ("onnxruntime_onnx", "tensorrt_plan", "python")
@@ -152,7 +152,7 @@ def write_repository(request: TritonRepoRequest) -> list[Path]:
             if request.platform == "onnxruntime_onnx":
                 fold_channel_ids(artifact, ids, folder / "1" / "model.onnx")
             elif request.platform == "python":
-                _copy_artifact(artifact, folder / "1" / f"model{artifact.suffix.lower()}")
+                _copy_artifact(artifact, manifest, folder / "1" / f"model{artifact.suffix.lower()}")
                 shutil.copyfile(PYTHON_MODELS / "csfm_model.py", folder / "1" / "model.py")
             else:  # the plan is built on the server's GPU from this folded graph (see BUILD.txt)
                 source = folder / "source.onnx"
@@ -176,11 +176,10 @@ def write_repository(request: TritonRepoRequest) -> list[Path]:
     return configs
 
 
-def _copy_artifact(artifact: Path, target: Path) -> None:
-    """The artifact and its sidecar manifest under the repository's fixed name (the Session checks both)."""
+def _copy_artifact(artifact: Path, manifest: Manifest, target: Path) -> None:
+    """The artifact under the repository's fixed name, with a sidecar naming that file (the Session checks both)."""
     shutil.copyfile(artifact, target)
-    if manifest_path(artifact).is_file():
-        shutil.copyfile(manifest_path(artifact), manifest_path(target))
+    write_manifest(target, manifest)
 
 
 def _profile_flag(profile: Profile) -> str:
