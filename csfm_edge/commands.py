@@ -14,6 +14,7 @@ import numpy as np
 
 from csfm_edge.environment import package_versions
 from csfm_edge.errors import CsfmError
+from csfm_edge.spec import SPEC
 
 
 def split_list(text: str) -> list[str]:
@@ -51,7 +52,12 @@ def export_flags(p: argparse.ArgumentParser) -> None:
                    help="real windows for INT8 calibration, from every lead set (default 256; memory stays flat)")
     p.add_argument("--allow-small-calibration", action="store_true",
                    help="calibrate INT8 on fewer windows than --calibration-windows when no more are available")
-    p.add_argument("--opset", type=int, default=17)
+    p.add_argument("--int8-keep-float", default="attention",
+                   help="MatMuls INT8 leaves in float: 'attention' (Q.K^T and softmax.V, the default), regular "
+                        "expressions on MatMul names/module paths, comma-separated; 'none' quantizes every MatMul")
+    p.add_argument("--opset", type=int, default=SPEC.opset)
+    p.add_argument("--exporter", default="dynamo", choices=("dynamo", "tracer"),
+                   help="torch.export (dynamo=True, default) or the deprecated TorchScript tracer")
     p.add_argument("--out", type=Path, required=True, help="output folder")
     p.add_argument("--force", action="store_true", help="overwrite existing artifacts")
 
@@ -68,7 +74,10 @@ def export(args: argparse.Namespace) -> int:
                              data_dir=args.data or default_data_dir(), calibration_data=args.calibration_data,
                              calibration_method=args.calibration_method,
                              calibration_windows=args.calibration_windows,
-                             allow_small_calibration=args.allow_small_calibration, opset=args.opset, force=args.force))
+                             int8_keep_float=() if args.int8_keep_float == "none" else tuple(
+                                 split_list(args.int8_keep_float)),
+                             allow_small_calibration=args.allow_small_calibration, opset=args.opset,
+                             exporter=args.exporter, force=args.force))
     return 0
 
 

@@ -59,7 +59,9 @@ def check_window_length(samples: int) -> None:
 
 @dataclass(frozen=True)
 class ExportSpec:
-    opset: int = 17  # LayerNormalization is a single op from 17 (TensorRT 10.x parses it natively)
+    # LayerNormalization is a single op from 17 (TensorRT 10.x parses it natively); torch.export's ONNX
+    # exporter (dynamo=True) writes 18 or later.
+    opset: int = 18
     signal: str = "signal"
     channel_ids: str = "channel_ids"
     features: str = "features"
@@ -94,6 +96,16 @@ class ExportSpec:
     def outputs(self, dim: int, head_classes: int) -> dict[str, tuple[str, tuple[str | int, ...]]]:
         widths = {self.features: dim, self.logits: head_classes}
         return {name: ("float32", ("batch", widths[name])) for name in self.output_names(head_classes)}
+
+    def dynamic_shapes(self) -> dict[str, dict[int, object]]:
+        """The ``dynamic_shapes`` argument of torch.export (dynamo=True): one named Dim per symbolic axis.
+
+        Bounds only check the trace (the ONNX dims are symbolic); batch has none."""
+        import torch  # export side only
+
+        dims = {name: torch.export.Dim(name, min=axis.min, **({} if name == "batch" else {"max": axis.max}))
+                for name, axis in self.axes.items()}
+        return {name: {i: dims[axis] for i, axis in enumerate(axes)} for name, (_, axes) in self.inputs().items()}
 
     def dynamic_axes(self, head_classes: int) -> dict[str, dict[int, str]]:
         """The torch.onnx ``dynamic_axes`` argument."""

@@ -265,3 +265,23 @@ def test_export_verifies_and_calibrates_on_a_users_own_folder(tmp_path, data_dir
         (tmp_path / "empty").mkdir()
         export(ExportRequest(size="tiny", out_dir=tmp_path / "out2", precisions=("fp32",), data_dir=tmp_path / "empty",
                              progress=quiet))
+
+
+def test_int8_keeps_the_attention_score_matmuls_in_float(tiny_artifacts, tmp_path):
+    from csfm_edge.export.precision import ATTENTION, float_matmuls
+
+    graph = onnx.load(str(tiny_artifacts["int8"]))
+    dq_outputs = {o for n in graph.graph.node if n.op_type == "DequantizeLinear" for o in n.output}
+    matmuls = [n for n in graph.graph.node if n.op_type == "MatMul"]
+    float_ones = [n for n in matmuls if not any(i in dq_outputs for i in n.input)]
+    depth = read_manifest(tiny_artifacts["int8"]).model.depth
+    assert len(float_ones) == 2 * depth and len(matmuls) == 6 * depth + 1  # Q.K^T and softmax.V per block
+    assert read_manifest(tiny_artifacts["int8"]).precision_detail["float_matmuls"] == {
+        "selected_by": [ATTENTION], "count": 2 * depth}
+    fp32 = onnx.load(str(tiny_artifacts["fp32"]))
+    assert float_matmuls(fp32, [ATTENTION]) == [n.name for n in float_ones]
+    assert len(float_matmuls(fp32, ["to_qkv"])) == depth  # module paths, whatever the exporter named the node
+    with pytest.raises(CsfmError, match="matches no MatMul"):
+        float_matmuls(fp32, ["no_such_layer"])
+    with pytest.raises(CsfmError, match="--int8-keep-float"):
+        float_matmuls(fp32, ["(unclosed"])

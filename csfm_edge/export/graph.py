@@ -1,10 +1,14 @@
-"""Tracing CSFM to ONNX and checking the graph: symbolic axes, output widths, size, the ONNX checker.
+"""CSFM to ONNX and the graph's checks: symbolic axes, output widths, size, the ONNX checker.
 
-Shared by the portable export and the ONNX Runtime CPU graphs, which differ only in their attention op.
+The portable graph comes from torch.export (``torch.onnx.export(dynamo=True)``), the exporter PyTorch
+maintains; the TorchScript tracer, deprecated since PyTorch 2.9, remains as ``exporter="tracer"`` and
+for the ONNX Runtime CPU graphs, whose fused-attention op is a TorchScript symbolic function.
 """
 
 from __future__ import annotations
 
+import contextlib
+import io
 import warnings
 from pathlib import Path
 
@@ -18,6 +22,8 @@ from csfm_edge.model import CSFM
 from csfm_edge.spec import SPEC
 
 PROTOBUF_LIMIT = 2 * 1024**3
+EXPORTERS = {"dynamo": "torch.onnx.export(dynamo=True) (torch.export)",
+             "tracer": "torch.onnx.export (TorchScript tracer)"}
 
 
 class Outputs(torch.nn.Module):
@@ -32,10 +38,39 @@ class Outputs(torch.nn.Module):
         return features if self.model.head is None else (features, self.model.head(features))
 
 
-def export_fp32(model: CSFM, path: Path, opset: int = SPEC.opset) -> None:
-    """Trace to ONNX with symbolic batch/channels/time, fix output dims, check with full shape inference."""
-    trace(Outputs(model), model.config, path, opset, do_constant_folding=True)
+def export_fp32(model: CSFM, path: Path, opset: int = SPEC.opset, exporter: str = "dynamo") -> str:
+    """Export with symbolic batch/channels/time, fix output dims, check with full shape inference.
+
+    Returns the exporter's description, for the manifest."""
+    if exporter not in EXPORTERS:
+        raise CsfmError(f"unknown exporter {exporter!r}; choose {', '.join(EXPORTERS)}")
+    if exporter == "dynamo":
+        dynamo_export(Outputs(model), model.config, path, opset)
+    else:
+        trace(Outputs(model), model.config, path, opset, do_constant_folding=True)
     finish_graph(path, model.config, full_check=True)
+    return EXPORTERS[exporter]
+
+
+def dynamo_export(module: torch.nn.Module, config: CSFMConfig, path: Path, opset: int) -> None:
+    """torch.export ``module`` on :data:`SPEC`'s example inputs, with one named dynamic Dim per axis."""
+    if opset < 18:
+        raise CsfmError(f"the dynamo exporter writes opset 18 or later, not {opset}: pass --opset 18, or "
+                        "--exporter tracer for an older opset")
+    example = tuple(torch.from_numpy(array) for array in SPEC.example_feed().values())
+    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+        warnings.simplefilter("ignore")  # its progress lines and axis-naming notices
+        program = torch.onnx.export(module.eval(), example, dynamo=True, opset_version=opset, verbose=False,
+                                    input_names=list(SPEC.input_names),
+                                    output_names=SPEC.output_names(config.head_classes),
+                                    dynamic_shapes=SPEC.dynamic_shapes())
+    # Its intermediate value_info goes stale under graph rewrites (the float16 converter leaves float32
+    # types on tensors it made float16, which full shape inference then refuses); shape inference
+    # recomputes it anyway, and the tracer's graphs never carried it.
+    program.save(str(path))
+    graph = onnx.load(str(path))
+    del graph.graph.value_info[:]
+    onnx.save(graph, str(path))
 
 
 def trace(module: torch.nn.Module, config: CSFMConfig, path: Path, opset: int, **options) -> None:

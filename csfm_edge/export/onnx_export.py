@@ -22,7 +22,7 @@ from csfm_edge.export.calibration import RecordingCalibrationReader
 from csfm_edge.export.cpu import CPU_PRECISIONS, export_cpu
 from csfm_edge.export.embed import embed_manifest
 from csfm_edge.export.graph import export_fp32
-from csfm_edge.export.precision import to_fp16, to_int8
+from csfm_edge.export.precision import DEFAULT_KEEP_FLOAT, to_fp16, to_int8
 from csfm_edge.export.verify import run_cases, verification_cases, verify
 from csfm_edge.leads import LEAD_NAMES
 from csfm_edge.model import CSFM, build, load_checkpoint
@@ -57,8 +57,10 @@ class ExportRequest:
     calibration_data: Path | None = None
     calibration_method: str = "minmax"
     calibration_windows: int = 256
+    int8_keep_float: tuple[str, ...] = DEFAULT_KEEP_FLOAT  # MatMuls left in float (see precision.float_matmuls)
     allow_small_calibration: bool = False
     opset: int = SPEC.opset
+    exporter: str = "dynamo"  # or "tracer" (TorchScript, deprecated by PyTorch)
     force: bool = False
     progress: Callable[[str], None] = console_progress
 
@@ -177,22 +179,23 @@ def export(request: ExportRequest) -> list[Path]:
     written: list[Path] = []
     with tempfile.TemporaryDirectory(dir=request.out_dir, prefix=f"{STAGING_PREFIX}{os.getpid()}-") as tmp:
         fp32 = Path(tmp) / "traced.onnx"
-        say(f"[export] tracing to ONNX (opset {request.opset})")
-        export_fp32(model, fp32, request.opset)
+        say(f"[export] exporting to ONNX ({request.exporter}, opset {request.opset})")
+        exported_by = export_fp32(model, fp32, request.opset, request.exporter)
         calibration = None
         for precision, target in zip(request.precisions, targets):
             candidate = Path(tmp) / f"{precision}.onnx"
             say(f"[export] making the {precision} graph")
             if precision == "fp32":
                 shutil.copyfile(fp32, candidate)
-                how = {"tool": "torch.onnx.export (TorchScript tracer)", "note": "float32 throughout"}
+                how = {"tool": exported_by, "note": "float32 throughout"}
             elif precision == "fp16":
-                how = to_fp16(fp32, candidate)
+                how = {**to_fp16(fp32, candidate), "exported_by": exported_by}
             elif precision in CPU_PRECISIONS:
                 how = export_cpu(model, precision, candidate, request.opset)
             else:
                 say(f"[export] calibrating INT8 ({request.calibration_method}) on {len(reader)} real windows")
-                how = to_int8(fp32, candidate, reader, request.calibration_method)
+                how = {**to_int8(fp32, candidate, reader, request.calibration_method, request.int8_keep_float),
+                       "exported_by": exported_by}
                 calibration = reader.describe()
             backend = OnnxRuntimeBackend(candidate, provider="cpu")
             result = verify(reference, backend, cases, precision, data, say)

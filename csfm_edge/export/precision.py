@@ -6,15 +6,17 @@ engines' accuracy:
   Softmax and reductions blocked to FP32 (the overflow spots of FP16 transformers); inputs and
   outputs stay float32.
 - INT8: ONNX Runtime's ``quantize_static`` in QDQ format, symmetric int8 (zero point 0) activations
-  and per-channel weights, as TensorRT requires; only MatMul inputs are quantized, so LayerNorm,
-  Softmax and GELU stay float; calibrated on real recordings.
+  and per-channel weights, as TensorRT requires; only the inputs of the weighted MatMuls are quantized
+  (the attention-score MatMuls, LayerNorm, Softmax and GELU stay float); calibrated on real recordings.
 """
 
 from __future__ import annotations
 
 import contextlib
 import io
+import re
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 
 import onnx
@@ -29,6 +31,11 @@ FP32_OPS_IN_FP16_GRAPH = ("LayerNormalization", "Softmax", "ReduceMean", "Reduce
 CALIBRATION_METHODS = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
                        "percentile": CalibrationMethod.Percentile}
 INT8_OPS = ("MatMul",)
+ATTENTION = "attention"  # the attention-score MatMuls; see float_matmuls
+# Kept in float by default: with activation outliers (a trained transformer's, or benchmarks/calibration.py's
+# STRESS weights) quantizing Q.K^T and softmax.V costs the most accuracy (README, "INT8 calibration");
+# NVIDIA ModelOpt leaves them unquantized in this graph too.
+DEFAULT_KEEP_FLOAT = (ATTENTION,)
 PERCENTILE = 99.999
 
 
@@ -46,10 +53,39 @@ def to_fp16(fp32_path: Path, out_path: Path) -> dict:
             "kept_fp32_ops": list(FP32_OPS_IN_FP16_GRAPH), "io_types": "float32 (casts inside the graph)"}
 
 
-def to_int8(fp32_path: Path, out_path: Path, reader: RecordingCalibrationReader, method: str) -> dict:
-    """Write the QDQ INT8 graph calibrated with ``reader``; return how it was made, for the manifest."""
+def float_matmuls(model: onnx.ModelProto, keep: Sequence[str]) -> list[str]:
+    """Names of the MatMul nodes to leave in float: :data:`ATTENTION` selects the activation-by-activation
+    ones (Q.K^T and softmax.V, whatever the exporter named them); any other entry is a regular expression
+    searched in each MatMul's name and module path (the ``namespace`` torch.export records)."""
+    constants = {i.name for i in model.graph.initializer} | {o for n in model.graph.node
+                                                            if n.op_type == "Constant" for o in n.output}
+    matmuls = [n for n in model.graph.node if n.op_type in INT8_OPS]
+    kept: list[str] = []
+    for entry in keep:
+        if entry == ATTENTION:
+            hits = [n.name for n in matmuls if not any(i in constants for i in n.input)]
+        else:
+            try:
+                pattern = re.compile(entry)
+            except re.error as exc:
+                raise CsfmError(f"--int8-keep-float {entry!r}: {exc}") from None
+            hits = [n.name for n in matmuls
+                    if pattern.search(" ".join([n.name, *(p.value for p in n.metadata_props if p.key == "namespace")]))]
+        if not hits:
+            raise CsfmError(f"--int8-keep-float {entry!r} matches no MatMul of the graph")
+        kept += [h for h in hits if h not in kept]
+    return kept
+
+
+def to_int8(fp32_path: Path, out_path: Path, reader: RecordingCalibrationReader, method: str,
+            keep_float: Sequence[str] = DEFAULT_KEEP_FLOAT) -> dict:
+    """Write the QDQ INT8 graph calibrated with ``reader``; return how it was made, for the manifest.
+
+    ``keep_float``: MatMuls left in float (see :func:`float_matmuls`); empty quantizes every MatMul.
+    """
     if method not in CALIBRATION_METHODS:
         raise CsfmError(f"unknown calibration method {method!r}; choose {', '.join(CALIBRATION_METHODS)}")
+    excluded = float_matmuls(onnx.load(str(fp32_path), load_external_data=False), keep_float) if keep_float else []
     with tempfile.TemporaryDirectory() as tmp:
         prepared = Path(tmp) / "prepared.onnx"
         # skip_symbolic_shape must stay True: ONNX Runtime's symbolic shape inference fails on the dynamic
@@ -71,8 +107,10 @@ def to_int8(fp32_path: Path, out_path: Path, reader: RecordingCalibrationReader,
             quantize_static(str(prepared), str(out_path), reader, quant_format=QuantFormat.QDQ,
                             op_types_to_quantize=list(INT8_OPS), per_channel=True,
                             activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
-                            calibrate_method=CALIBRATION_METHODS[method], extra_options=extra)
+                            calibrate_method=CALIBRATION_METHODS[method], nodes_to_exclude=excluded,
+                            extra_options=extra)
     return {"tool": "onnxruntime.quantization.quantize_static (QDQ)", "calibration_method": method,
             "percentile": PERCENTILE if method == "percentile" else None,
             "activations": "int8 symmetric per tensor", "weights": "int8 symmetric per channel (axis 1)",
-            "quantized_ops": list(INT8_OPS), "float_ops": ["LayerNormalization", "Softmax", "Erf (GELU)", "Add"]}
+            "quantized_ops": list(INT8_OPS), "float_ops": ["LayerNormalization", "Softmax", "Erf (GELU)", "Add"],
+            "float_matmuls": {"selected_by": list(keep_float), "count": len(excluded)}}
