@@ -285,3 +285,28 @@ def test_int8_keeps_the_attention_score_matmuls_in_float(tiny_artifacts, tmp_pat
         float_matmuls(fp32, ["no_such_layer"])
     with pytest.raises(CsfmError, match="--int8-keep-float"):
         float_matmuls(fp32, ["(unclosed"])
+
+
+def test_both_exporters_give_the_same_symbolic_graph_and_old_opsets_need_the_tracer(tmp_path):
+    from csfm_edge.config import CSFMConfig
+    from csfm_edge.export.graph import Outputs, export_fp32
+
+    model = build(CSFMConfig(dim=64, depth=2, heads=2, mlp_dim=128, head_classes=3), seed=2)
+    x = np.random.default_rng(0).standard_normal((3, 12, 1250)).astype(np.float32)
+    outputs = {}
+    for exporter, opset in (("dynamo", 18), ("tracer", 17)):
+        path = tmp_path / f"{exporter}.onnx"
+        assert exporter in export_fp32(model, path, opset, exporter)
+        graph = onnx.load(str(path))
+        assert graph.opset_import[0].version == opset
+        backend = OnnxRuntimeBackend(path, "cpu")
+        outputs[exporter] = backend.run(SPEC.feed(x, list(range(12))))
+        backend.close()
+    reference = Outputs(model)(torch.from_numpy(x), torch.arange(12))
+    for name, value in zip(("features", "logits"), reference):
+        for exporter in outputs:
+            np.testing.assert_allclose(outputs[exporter][name], value.detach().numpy(), atol=1e-4, err_msg=exporter)
+    with pytest.raises(CsfmError, match="opset 18 or later"):
+        export_fp32(model, tmp_path / "old.onnx", 17, "dynamo")
+    with pytest.raises(CsfmError, match="unknown exporter"):
+        export_fp32(model, tmp_path / "x.onnx", 18, "jit")

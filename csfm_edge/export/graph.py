@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import logging
 import warnings
 from pathlib import Path
 
@@ -58,12 +59,18 @@ def dynamo_export(module: torch.nn.Module, config: CSFMConfig, path: Path, opset
         raise CsfmError(f"the dynamo exporter writes opset 18 or later, not {opset}: pass --opset 18, or "
                         "--exporter tracer for an older opset")
     example = tuple(torch.from_numpy(array) for array in SPEC.example_feed().values())
+    registry = logging.getLogger("torch.onnx._internal.exporter._registration")  # "torchvision is not installed"
+    level = registry.level
+    registry.setLevel(logging.ERROR)
     with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
         warnings.simplefilter("ignore")  # its progress lines and axis-naming notices
-        program = torch.onnx.export(module.eval(), example, dynamo=True, opset_version=opset, verbose=False,
-                                    input_names=list(SPEC.input_names),
-                                    output_names=SPEC.output_names(config.head_classes),
-                                    dynamic_shapes=SPEC.dynamic_shapes())
+        try:
+            program = torch.onnx.export(module.eval(), example, dynamo=True, opset_version=opset, verbose=False,
+                                        input_names=list(SPEC.input_names),
+                                        output_names=SPEC.output_names(config.head_classes),
+                                        dynamic_shapes=SPEC.dynamic_shapes())
+        finally:
+            registry.setLevel(level)
     # Its intermediate value_info goes stale under graph rewrites (the float16 converter leaves float32
     # types on tensors it made float16, which full shape inference then refuses); shape inference
     # recomputes it anyway, and the tracer's graphs never carried it.

@@ -1,0 +1,62 @@
+"""Peak memory of an INT8 export against the number of calibration windows, in one run.
+
+Usage: .venv/bin/python benchmarks/export_memory.py [--size base] [--windows 16,256] [--data DIR]
+
+Each count runs ``csfm-edge export --size SIZE --precision int8 --calibration-windows N`` in a child
+process of its own (the same command a user runs) and reads that process's peak resident memory
+(``ru_maxrss``) when it ends. Target: with 256 windows within 10% of the peak with 16.
+"""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from csfm_edge.recordings.datasets import default_data_dir
+from csfm_edge.runtime.manifest import read_manifest
+
+ROOT = Path(__file__).resolve().parents[1]
+CHILD = ("import resource, sys\nfrom csfm_edge.cli import main\ncode = main(sys.argv[1:])\n"
+         "print('PEAK_KB', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, flush=True)\nsys.exit(code)\n")
+
+
+def peak_gb(size: str, windows: int, data: Path, out: Path) -> tuple[float, float]:
+    """(peak RSS in GB, seconds) of one INT8 export with ``windows`` calibration windows (into ``out``)."""
+    started = time.perf_counter()
+    done = subprocess.run([sys.executable, "-c", CHILD, "export", "--size", size, "--precision", "int8",
+                           "--data", str(data), "--calibration-windows", str(windows), "--out", str(out)],
+                          capture_output=True, text=True)
+    if done.returncode != 0:
+        raise SystemExit(f"export with {windows} windows failed:\n{done.stderr[-2000:]}")
+    [line] = [x for x in done.stdout.splitlines() if x.startswith("PEAK_KB")]
+    return int(line.split()[1]) / 1024**2, time.perf_counter() - started
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--size", default="base")
+    parser.add_argument("--windows", default="16,256")
+    parser.add_argument("--data", type=Path, default=default_data_dir() or ROOT.parent / "shared" / "data")
+    args = parser.parse_args()
+    print(f"CSFM {args.size} INT8 export (UNTRAINED seed 0), calibration on {args.data}")
+    print(f"{'windows':>7} {'peak GB':>8} {'vs first':>8} {'s':>6}  worst verification cosine per case (held out)")
+    first = None
+    for count in (int(n) for n in args.windows.split(",")):
+        with tempfile.TemporaryDirectory() as out:
+            peak, seconds = peak_gb(args.size, count, args.data, Path(out))
+            [artifact] = Path(out).glob("*.int8.onnx")
+            cases = read_manifest(artifact).verification["cases"]
+        worst: dict[str, float] = {}
+        for case in cases:
+            worst[case["case"]] = min(worst.get(case["case"], 1.0), case["min_cosine"])
+        first = first or peak
+        print(f"{count:7d} {peak:8.2f} {peak / first * 100 - 100:+7.1f}% {seconds:6.0f}  "
+              + ", ".join(f"{name} {value:.5f}" for name, value in worst.items()), flush=True)
+
+
+if __name__ == "__main__":
+    main()
