@@ -22,7 +22,7 @@ from csfm_edge.export.calibration import RecordingCalibrationReader
 from csfm_edge.export.cpu import CPU_PRECISIONS, export_cpu
 from csfm_edge.export.embed import embed_manifest
 from csfm_edge.export.graph import export_fp32
-from csfm_edge.export.precision import DEFAULT_KEEP_FLOAT, to_fp16, to_int8
+from csfm_edge.export.precision import DEFAULT_KEEP_FLOAT, keep_float_patterns, to_fp16, to_int8
 from csfm_edge.export.verify import run_cases, verification_cases, verify
 from csfm_edge.leads import LEAD_NAMES
 from csfm_edge.model import CSFM, build, load_checkpoint
@@ -112,7 +112,9 @@ def _running(pid: int) -> bool:
 
 
 def _calibration_reader(request: ExportRequest) -> RecordingCalibrationReader:
-    """The INT8 calibration windows, refused before any work when fewer than asked for (unless allowed)."""
+    """The INT8 calibration windows, refused before any work when fewer than asked for (unless allowed), and
+    the ``--int8-keep-float`` patterns checked."""
+    keep_float_patterns(request.int8_keep_float)
     reader = RecordingCalibrationReader.from_data_dir(request.calibration_data or request.data_dir,
                                                       request.calibration_windows)
     if len(reader) < request.calibration_windows and not request.allow_small_calibration:

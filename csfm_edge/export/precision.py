@@ -53,6 +53,17 @@ def to_fp16(fp32_path: Path, out_path: Path) -> dict:
             "kept_fp32_ops": list(FP32_OPS_IN_FP16_GRAPH), "io_types": "float32 (casts inside the graph)"}
 
 
+def keep_float_patterns(keep: Sequence[str]) -> dict[str, re.Pattern | None]:
+    """``--int8-keep-float`` entries compiled (None for :data:`ATTENTION`); a bad one is refused at once."""
+    compiled: dict[str, re.Pattern | None] = {}
+    for entry in keep:
+        try:
+            compiled[entry] = None if entry == ATTENTION else re.compile(entry)
+        except re.error as exc:
+            raise CsfmError(f"--int8-keep-float {entry!r}: {exc}") from None
+    return compiled
+
+
 def float_matmuls(model: onnx.ModelProto, keep: Sequence[str]) -> list[str]:
     """Names of the MatMul nodes to leave in float: :data:`ATTENTION` selects the activation-by-activation
     ones (Q.K^T and softmax.V, whatever the exporter named them); any other entry is a regular expression
@@ -61,14 +72,10 @@ def float_matmuls(model: onnx.ModelProto, keep: Sequence[str]) -> list[str]:
                                                             if n.op_type == "Constant" for o in n.output}
     matmuls = [n for n in model.graph.node if n.op_type in INT8_OPS]
     kept: list[str] = []
-    for entry in keep:
-        if entry == ATTENTION:
+    for entry, pattern in keep_float_patterns(keep).items():
+        if pattern is None:
             hits = [n.name for n in matmuls if not any(i in constants for i in n.input)]
         else:
-            try:
-                pattern = re.compile(entry)
-            except re.error as exc:
-                raise CsfmError(f"--int8-keep-float {entry!r}: {exc}") from None
             hits = [n.name for n in matmuls
                     if pattern.search(" ".join([n.name, *(p.value for p in n.metadata_props if p.key == "namespace")]))]
         if not hits:
