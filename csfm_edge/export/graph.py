@@ -73,7 +73,8 @@ def dynamo_export(module: torch.nn.Module, config: CSFMConfig, path: Path, opset
             registry.setLevel(level)
     # Its intermediate value_info goes stale under graph rewrites (the float16 converter leaves float32
     # types on tensors it made float16, which full shape inference then refuses); shape inference
-    # recomputes it anyway, and the tracer's graphs never carried it.
+    # recomputes it for these standard ops. Not done for every graph: the CPU graphs' contrib attention
+    # op needs the types the tracer records, which ONNX shape inference cannot derive.
     program.save(str(path))
     graph = onnx.load(str(path))
     del graph.graph.value_info[:]
