@@ -23,14 +23,14 @@ import time
 from pathlib import Path
 
 import numpy as np
+from common import ROOT, add_data_flag
 
 from csfm_edge.export.onnx_export import ensure_artifacts
 from csfm_edge.recordings.batch import BatchRequest, run_batch
-from csfm_edge.recordings.datasets import default_data_dir, read_npz_record
+from csfm_edge.recordings.datasets import read_npz_record
 from csfm_edge.runtime import Session
 from csfm_edge.runtime.preprocess import sliding_windows
 
-ROOT = Path(__file__).resolve().parents[1]
 TWELVE_LEAD = [f"E075{i:02d}" for i in range(10)] + [f"HR0600{i}" for i in range(5)] + \
     [f"JS200{i}" for i in range(10, 20)]
 
@@ -42,8 +42,7 @@ def main() -> None:
     parser.add_argument("--provider", default=None, help="default: the best CPU backend installed")
     parser.add_argument("--copies", type=int, default=4, help="copies of the 25 records in the folder")
     parser.add_argument("--cli-files", type=int, default=5, help="records timed through one process each")
-    parser.add_argument("--data", type=Path, default=default_data_dir() or ROOT.parent / "shared" / "data",
-                        help="shared recordings (default $CSFM_EDGE_DATA, else ../shared/data beside the repository)")
+    add_data_flag(parser)
     args = parser.parse_args()
     data = args.data if args.data.is_dir() else None
     if data is None:

@@ -25,6 +25,7 @@ import time
 from pathlib import Path
 
 import torch
+from common import add_data_flag
 
 from csfm_edge.config import size_config
 from csfm_edge.export.calibration import RecordingCalibrationReader
@@ -32,12 +33,11 @@ from csfm_edge.export.graph import export_fp32
 from csfm_edge.export.precision import ATTENTION, CALIBRATION_METHODS, to_int8
 from csfm_edge.metrics import cosine_rows
 from csfm_edge.model import build
-from csfm_edge.recordings.datasets import calibration_batches, default_data_dir, lead_set_batches
+from csfm_edge.recordings.datasets import calibration_batches, lead_set_batches
 from csfm_edge.runtime.backends.onnxruntime import OnnxRuntimeBackend
 from csfm_edge.runtime.backends.torch_ref import TorchBackend
 from csfm_edge.spec import SPEC
 
-ROOT = Path(__file__).resolve().parents[1]
 OUTLIER_CHANNELS, OUTLIER_GAIN = (7, 100, 333, 600), 30.0
 # MatMuls left in float, by what feeds them: the LayerNorm outputs (where the outlier channels are) go into
 # to_qkv (attention) and net.1 (the feed-forward's first linear).
@@ -62,8 +62,7 @@ def main() -> None:
     parser.add_argument("--variants", default="untrained,STRESS")
     parser.add_argument("--keep-float", default="attention,none", help=f"comma list of {', '.join(KEEP_FLOAT)} "
                         "(attention: csfm-edge's default)")
-    parser.add_argument("--data", type=Path, default=default_data_dir() or ROOT.parent / "shared" / "data",
-                        help="shared recordings (default $CSFM_EDGE_DATA, else ../shared/data beside the repository)")
+    add_data_flag(parser)
     args = parser.parse_args()
     counts = [int(n) for n in args.windows.split(",")]
     methods = args.methods.split(",")

@@ -15,12 +15,11 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from common import ROOT, add_data_flag
+
 from csfm_edge.bench.runner import BenchConfig, run_bench
 from csfm_edge.export.onnx_export import ensure_artifacts
-from csfm_edge.recordings.datasets import default_data_dir
 from csfm_edge.runtime.backends.openvino import openvino_available
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def main() -> None:
@@ -30,8 +29,7 @@ def main() -> None:
     parser.add_argument("--duration-s", type=float, default=5.0)
     parser.add_argument("--batch", default="1,8")
     parser.add_argument("--json", type=Path, default=None)
-    parser.add_argument("--data", type=Path, default=default_data_dir() or ROOT.parent / "shared" / "data",
-                        help="shared recordings (default $CSFM_EDGE_DATA, else ../shared/data beside the repository)")
+    add_data_flag(parser)
     args = parser.parse_args()
     paths = ensure_artifacts(args.size, ("fp32", "int8", "cpu-fp32", "cpu-int8"), args.artifacts, data_dir=args.data)
     targets = [f"torch:{args.size}", f"torch-fast:{args.size}", f"{paths['fp32']}@cpu", f"{paths['int8']}@cpu",

@@ -25,14 +25,15 @@ import time
 from pathlib import Path
 
 import onnx
-from calibration import ROOT, stressed  # benchmarks/calibration.py: the same STRESS weights
+from calibration import stressed  # benchmarks/calibration.py: the same STRESS weights
+from common import add_data_flag
 
 from csfm_edge.config import size_config
 from csfm_edge.export.calibration import RecordingCalibrationReader
 from csfm_edge.export.graph import export_fp32
 from csfm_edge.metrics import cosine_rows
 from csfm_edge.model import build
-from csfm_edge.recordings.datasets import calibration_batches, default_data_dir, lead_set_batches
+from csfm_edge.recordings.datasets import calibration_batches, lead_set_batches
 from csfm_edge.runtime.backends.onnxruntime import OnnxRuntimeBackend
 from csfm_edge.runtime.backends.torch_ref import TorchBackend
 from csfm_edge.spec import SPEC
@@ -72,7 +73,7 @@ def main() -> None:
     parser.add_argument("--size", default="tiny")
     parser.add_argument("--windows", type=int, default=64)
     parser.add_argument("--out", type=Path, default=None, help="keep the INT8 graphs here")
-    parser.add_argument("--data", type=Path, default=default_data_dir() or ROOT.parent / "shared" / "data")
+    add_data_flag(parser)
     args = parser.parse_args()
     held_out = lead_set_batches(args.data)
     calibration = calibration_batches(args.data, args.windows)

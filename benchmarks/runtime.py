@@ -16,14 +16,13 @@ from functools import partial
 from pathlib import Path
 
 import numpy as np
+from common import ROOT, add_data_flag
 
 from csfm_edge.bench.timing import measure
 from csfm_edge.export.onnx_export import ensure_artifacts
-from csfm_edge.recordings.datasets import BEDSIDE_RECORD, default_data_dir, read_npz_record
+from csfm_edge.recordings.datasets import BEDSIDE_RECORD, read_npz_record
 from csfm_edge.runtime import Session
 from csfm_edge.runtime.preprocess import preprocess
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def main() -> None:
@@ -32,8 +31,7 @@ def main() -> None:
     parser.add_argument("--precision", default="int8")
     parser.add_argument("--provider", default=None, help="default: the best CPU backend installed")
     parser.add_argument("--duration-s", type=float, default=5.0)
-    parser.add_argument("--data", type=Path, default=default_data_dir() or ROOT.parent / "shared" / "data",
-                        help="shared recordings (default $CSFM_EDGE_DATA, else ../shared/data beside the repository)")
+    add_data_flag(parser)
     args = parser.parse_args()
     data = args.data if args.data.is_dir() else None
     if data is None:

@@ -20,9 +20,10 @@ from pathlib import Path
 
 import numpy as np
 import tritonclient.http as http
+from common import add_data_flag
 
 from csfm_edge.bench.timing import measure
-from csfm_edge.recordings.datasets import default_data_dir, lead_set_batches, real_batch
+from csfm_edge.recordings.datasets import lead_set_batches, real_batch
 from csfm_edge.runtime.session import Session
 from csfm_edge.serving.bundled_server import BundledServer, RepositoryServeRequest
 from csfm_edge.serving.pytriton_server import ServeRequest, start
@@ -62,7 +63,6 @@ def clients(url: str, name: str, window: np.ndarray, count: int, seconds: float)
     return latencies
 
 
-ROOT = Path(__file__).resolve().parents[1]
 CLIENTS = (1, 8, 32)
 IDS = [1, 12]
 
@@ -114,8 +114,7 @@ def main() -> None:
     parser.add_argument("artifact", type=Path)
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--provider", default=None)
-    parser.add_argument("--data", type=Path, default=default_data_dir() or ROOT.parent / "shared" / "data",
-                        help="shared recordings (default $CSFM_EDGE_DATA, else ../shared/data beside the repository)")
+    add_data_flag(parser)
     args = parser.parse_args()
     windows = real_batch(lead_set_batches(args.data), IDS, 32)
     with Session.open(args.artifact, provider=args.provider) as session:
