@@ -29,6 +29,7 @@ from csfm_edge.export.onnx_export import ensure_artifacts
 from csfm_edge.recordings.batch import BatchRequest, run_batch
 from csfm_edge.recordings.datasets import read_npz_record
 from csfm_edge.runtime import Session
+from csfm_edge.runtime.backends import BackendOptions
 from csfm_edge.runtime.preprocess import sliding_windows
 
 TWELVE_LEAD = [f"E075{i:02d}" for i in range(10)] + [f"HR0600{i}" for i in range(5)] + \
@@ -55,7 +56,7 @@ def main() -> None:
             for name in TWELVE_LEAD:
                 shutil.copyfile(data / f"{name}.npz", folder / f"{name}-{copy}.npz")
         records = sorted(folder.iterdir())
-        with Session.open(onnx, provider=args.provider) as session:
+        with Session.open(onnx, BackendOptions(provider=args.provider)) as session:
             backend = session.info()["backend"]
             windows = np.concatenate([sliding_windows(*read_npz_record(p)).data for p in records])
             ids = read_npz_record(records[0])[2]

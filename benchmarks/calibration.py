@@ -31,11 +31,11 @@ from csfm_edge.config import size_config
 from csfm_edge.export.calibration import RecordingCalibrationReader
 from csfm_edge.export.graph import export_fp32
 from csfm_edge.export.precision import ATTENTION, CALIBRATION_METHODS, to_int8
-from csfm_edge.metrics import cosine_rows
+from csfm_edge.metrics import compare
 from csfm_edge.model import build
 from csfm_edge.recordings.datasets import calibration_batches, lead_set_batches
-from csfm_edge.runtime.backends.onnxruntime import OnnxRuntimeBackend
-from csfm_edge.runtime.backends.torch_ref import TorchBackend
+from csfm_edge.runtime.backends import BackendOptions, open_backend, reference_backend
+from csfm_edge.runtime.manifest import graph_manifest, untrained_weights
 from csfm_edge.spec import SPEC
 
 OUTLIER_CHANNELS, OUTLIER_GAIN = (7, 100, 333, 600), 30.0
@@ -73,7 +73,8 @@ def main() -> None:
     for variant in args.variants.split(","):
         model = build(size_config(args.size), seed=0)
         model = stressed(model) if variant == "STRESS" else model
-        reference = [TorchBackend(model).run(SPEC.feed(b.signal, b.channel_ids))[SPEC.features] for b in held_out]
+        reference = [reference_backend(model).run(SPEC.feed(b.signal, b.channel_ids))[SPEC.features]
+                     for b in held_out]
         with tempfile.TemporaryDirectory() as tmp:
             fp32 = Path(tmp) / "fp32.onnx"
             export_fp32(model, fp32)
@@ -82,9 +83,10 @@ def main() -> None:
                 int8 = Path(tmp) / f"{method}-{count}-{kept}.onnx"
                 to_int8(fp32, int8, RecordingCalibrationReader(calibration_batches(args.data, count)), method,
                         KEEP_FLOAT[kept])
-                backend = OnnxRuntimeBackend(int8, "cpu")
-                worst = [float(cosine_rows(backend.run(SPEC.feed(b.signal, b.channel_ids))[SPEC.features],
-                                           ref).min()) for b, ref in zip(held_out, reference)]
+                manifest = graph_manifest(model.config, "int8", untrained_weights(0))
+                backend = open_backend(int8, manifest, BackendOptions(provider="cpu"))
+                worst = [compare(ref, backend.run(SPEC.feed(b.signal, b.channel_ids))[SPEC.features]).min_cosine
+                         for b, ref in zip(held_out, reference)]
                 backend.close()
                 print(f"{variant:9} {method:10} {count:7d} {kept:>9} " + " ".join(f"{w:8.5f}" for w in worst)
                       + f" {min(worst):8.5f} {time.perf_counter() - started:5.0f}", flush=True)

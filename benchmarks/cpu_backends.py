@@ -19,6 +19,7 @@ from common import ROOT, add_data_flag
 
 from csfm_edge.bench.runner import BenchConfig, run_bench
 from csfm_edge.export.onnx_export import ensure_artifacts
+from csfm_edge.runtime.backends import BackendOptions
 from csfm_edge.runtime.backends.openvino import openvino_available
 
 
@@ -32,13 +33,12 @@ def main() -> None:
     add_data_flag(parser)
     args = parser.parse_args()
     paths = ensure_artifacts(args.size, ("fp32", "int8", "cpu-fp32", "cpu-int8"), args.artifacts, data_dir=args.data)
-    targets = [f"torch:{args.size}", f"torch-fast:{args.size}", f"{paths['fp32']}@cpu", f"{paths['int8']}@cpu",
-               f"{paths['cpu-fp32']}@cpu", f"{paths['cpu-int8']}@cpu"]
-    if openvino_available():
-        targets += [f"{paths['fp32']}@openvino", f"{paths['int8']}@openvino"]
+    targets = [f"torch:{args.size}", f"torch-fast:{args.size}", *map(str, paths.values())]
+    options = [BackendOptions(provider="cpu")] + ([BackendOptions(provider="openvino")] if openvino_available() else [])
     batches = [int(b) for b in args.batch.split(",")]
     record = run_bench(BenchConfig(targets, batches, ["ii+ppg", "12lead"], [2500], warmup_s=1.0,
-                                   duration_s=args.duration_s, data_dir=args.data, json_out=args.json))
+                                   duration_s=args.duration_s, data_dir=args.data, options=options,
+                                   json_out=args.json))
     baseline = {(r["lead_set"], r["batch"]): r["latency_ms"]["median_ms"] for r in record["results"]
                 if r["target"].startswith("torch-fast:")}
     print(f"\nCSFM {args.size} on {record['machine']['cpu']} ({record['machine']['cores']} cores); "

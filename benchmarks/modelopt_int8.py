@@ -34,8 +34,8 @@ from csfm_edge.export.graph import export_fp32
 from csfm_edge.metrics import cosine_rows
 from csfm_edge.model import build
 from csfm_edge.recordings.datasets import calibration_batches, lead_set_batches
-from csfm_edge.runtime.backends.onnxruntime import OnnxRuntimeBackend
-from csfm_edge.runtime.backends.torch_ref import TorchBackend
+from csfm_edge.runtime.backends import BackendOptions, open_backend, reference_backend
+from csfm_edge.runtime.manifest import graph_manifest, untrained_weights
 from csfm_edge.spec import SPEC
 
 
@@ -87,7 +87,7 @@ def main() -> None:
         for variant in ("untrained", "STRESS"):
             model = build(size_config(args.size), seed=0)
             model = stressed(model) if variant == "STRESS" else model
-            reference = [TorchBackend(model).run(SPEC.feed(b.signal, b.channel_ids))[SPEC.features]
+            reference = [reference_backend(model).run(SPEC.feed(b.signal, b.channel_ids))[SPEC.features]
                          for b in held_out]
             fp32 = Path(tmp) / f"{variant}.fp32.onnx"
             export_fp32(model, fp32)
@@ -96,7 +96,8 @@ def main() -> None:
                 name = f"modelopt {method}"
                 path = out / f"{args.size}-{variant}-modelopt-{method}.int8.onnx"
                 modelopt_int8(fp32, path, RecordingCalibrationReader(calibration), method)
-                backend = OnnxRuntimeBackend(path, "cpu")
+                backend = open_backend(path, graph_manifest(model.config, "int8", untrained_weights(0)),
+                                       BackendOptions(provider="cpu"))
                 worst = [float(cosine_rows(backend.run(SPEC.feed(b.signal, b.channel_ids))[SPEC.features],
                                            ref).min()) for b, ref in zip(held_out, reference)]
                 backend.close()

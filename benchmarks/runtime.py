@@ -22,6 +22,7 @@ from csfm_edge.bench.timing import measure
 from csfm_edge.export.onnx_export import ensure_artifacts
 from csfm_edge.recordings.datasets import BEDSIDE_RECORD, read_npz_record
 from csfm_edge.runtime import Session
+from csfm_edge.runtime.backends import BackendOptions
 from csfm_edge.runtime.preprocess import preprocess
 
 
@@ -42,7 +43,7 @@ def main() -> None:
     record = signal[rows]
     window = record[:, : int(10 * fs)]
 
-    with Session.open(onnx, provider=args.provider) as session:
+    with Session.open(onnx, BackendOptions(provider=args.provider)) as session:
         info = session.info()
         pre = measure(partial(preprocess, window, fs, ["II", "PPG"]), duration_s=args.duration_s)
         e2e = measure(partial(session.embed, window, fs, ["II", "PPG"]), duration_s=args.duration_s)

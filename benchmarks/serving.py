@@ -24,6 +24,7 @@ from common import add_data_flag
 
 from csfm_edge.bench.timing import measure
 from csfm_edge.recordings.datasets import lead_set_batches, real_batch
+from csfm_edge.runtime.backends import BackendOptions
 from csfm_edge.runtime.session import Session
 from csfm_edge.serving.bundled_server import BundledServer, RepositoryServeRequest
 from csfm_edge.serving.pytriton_server import ServeRequest, start
@@ -72,7 +73,8 @@ def pytriton_rows(args, windows: np.ndarray, session: Session) -> list[tuple[int
     port = free_port()
     with tempfile.TemporaryDirectory(prefix="csfm-triton-") as workspace:
         triton, served, log = start(ServeRequest(args.artifact, ["ii+ppg"], port, max_batch=32,
-                                                 max_queue_delay_us=2000, provider=args.provider), Path(workspace))
+                                                 max_queue_delay_us=2000,
+                                                 options=BackendOptions(provider=args.provider)), Path(workspace))
         try:
             name = model_name(served.model.size, served.precision, "ii+ppg")
             rows = []
@@ -117,7 +119,7 @@ def main() -> None:
     add_data_flag(parser)
     args = parser.parse_args()
     windows = real_batch(lead_set_batches(args.data), IDS, 32)
-    with Session.open(args.artifact, provider=args.provider) as session:
+    with Session.open(args.artifact, BackendOptions(provider=args.provider)) as session:
         info = session.info()
         print(f"CSFM {info['size']} {info['precision']} on {info['backend']} ({info['provider']}), "
               f"lead II + PPG, 10-s windows, loopback")

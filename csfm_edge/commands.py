@@ -14,6 +14,9 @@ import numpy as np
 
 from csfm_edge.environment import package_versions
 from csfm_edge.errors import CsfmError
+from csfm_edge.runtime.backends import PROVIDERS
+from csfm_edge.runtime.session import MAX_WINDOWS
+from csfm_edge.serving import MAX_BATCH, MAX_QUEUE_DELAY_US
 from csfm_edge.spec import SPEC
 
 
@@ -24,6 +27,68 @@ def split_list(text: str) -> list[str]:
 
 def no_flags(p: argparse.ArgumentParser) -> None:
     """For commands that take no flags."""
+
+
+# --- flag groups: each flag declared once, with one help and one default (Polygraphy's argument groups) ---
+
+LEAD_SETS_DEFAULT = "ii+ppg,12lead"
+
+
+def add_backend_flags(p: argparse.ArgumentParser, *, several: bool = False) -> None:
+    """How an artifact runs: --provider (several, comma-separated, where a command compares them), --threads,
+    --device-id, --cuda-graph. Read back with :func:`backend_options`."""
+    group = p.add_argument_group("backend")
+    group.add_argument("--provider", default=None, type=str.lower, metavar="PROVIDER" + ("[,...]" if several else ""),
+                       choices=None if several else PROVIDERS,
+                       help="cpu, cuda or tensorrt (ONNX Runtime providers; cpu/cuda: the device of the PyTorch "
+                            "reference for a checkpoint) or openvino; default: the best this machine has"
+                            + (" (comma-separated: each is timed)" if several else ""))
+    group.add_argument("--threads", type=int, default=None, help="CPU threads of ONNX Runtime/OpenVINO (default: all)")
+    group.add_argument("--device-id", type=int, default=0, help="GPU to run on (default 0)")
+    group.add_argument("--cuda-graph", action="store_true", help="TensorRT engines: replay captured CUDA graphs")
+
+
+def backend_options(args: argparse.Namespace, provider: str | None = None):
+    """The :class:`~csfm_edge.runtime.backends.BackendOptions` the backend flags ask for."""
+    from csfm_edge.runtime.backends import BackendOptions
+
+    return BackendOptions(provider=provider if provider is not None else args.provider, device_id=args.device_id,
+                          threads=args.threads, cuda_graph=args.cuda_graph)
+
+
+def add_output_flags(p: argparse.ArgumentParser, help: str, *, required: bool = False, force_help: str = "") -> None:
+    """--out and --force: nothing of the user's is overwritten unless --force says so."""
+    p.add_argument("--out", type=Path, default=None, required=required, help=help)
+    p.add_argument("--force", action="store_true", help=force_help or "replace what --out names if it exists")
+
+
+def add_lead_sets_flag(p: argparse.ArgumentParser, help: str = "one each") -> None:
+    """--lead-sets: named sets of leads a model, a benchmark or a server is made for (--leads names the
+    leads of a recording)."""
+    from csfm_edge.leads import LEAD_SETS
+
+    p.add_argument("--lead-sets", default=LEAD_SETS_DEFAULT,
+                   help=f"comma-separated lead sets ({', '.join(LEAD_SETS)}), {help} (default {LEAD_SETS_DEFAULT})")
+
+
+def add_data_flag(p: argparse.ArgumentParser, help: str = "verification") -> None:
+    """--data: the folder of real recordings (default $CSFM_EDGE_DATA, else the ECG shipped with the package)."""
+    p.add_argument("--data", type=Path, default=None,
+                   help=f"folder of recordings for {help} (default $CSFM_EDGE_DATA, else the ECG shipped with "
+                        "the package)")
+
+
+def add_batching_flags(p: argparse.ArgumentParser) -> None:
+    """Triton's dynamic batching, one default for the repository writer and the server."""
+    p.add_argument("--max-batch", type=int, default=MAX_BATCH, help=f"largest batch (default {MAX_BATCH})")
+    p.add_argument("--max-queue-delay-us", type=int, default=MAX_QUEUE_DELAY_US,
+                   help=f"longest a request waits for a batch to fill, microseconds (default {MAX_QUEUE_DELAY_US})")
+
+
+def data_dir(args: argparse.Namespace) -> Path | None:
+    from csfm_edge.recordings.datasets import default_data_dir
+
+    return args.data or default_data_dir()
 
 
 def env(args: argparse.Namespace) -> int:
@@ -43,9 +108,7 @@ def export_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--precision", default="fp32,fp16,int8",
                    help="comma-separated: fp32, fp16, int8 (portable, TensorRT-ready); cpu-fp32, cpu-int8 "
                         "(ONNX Runtime CPU graphs with fused attention)")
-    p.add_argument("--data", type=Path, default=None,
-                   help="folder of the shared recordings for verification (default $CSFM_EDGE_DATA, else the "
-                        "ECG shipped with the package)")
+    add_data_flag(p, "verification (and INT8 calibration)")
     p.add_argument("--calibration-data", type=Path, help="recordings for INT8 calibration (default: --data)")
     p.add_argument("--calibration-method", default="minmax", choices=("minmax", "entropy", "percentile"))
     p.add_argument("--calibration-windows", type=int, default=256,
@@ -58,20 +121,18 @@ def export_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--opset", type=int, default=SPEC.opset)
     p.add_argument("--exporter", default="dynamo", choices=("dynamo", "tracer"),
                    help="torch.export (dynamo=True, default) or the deprecated TorchScript tracer")
-    p.add_argument("--out", type=Path, required=True, help="output folder")
-    p.add_argument("--force", action="store_true", help="overwrite existing artifacts")
+    add_output_flags(p, "output folder", required=True, force_help="overwrite existing artifacts")
 
 
 def export(args: argparse.Namespace) -> int:
     from csfm_edge.export.onnx_export import ExportRequest
     from csfm_edge.export.onnx_export import export as run_export
-    from csfm_edge.recordings.datasets import default_data_dir
 
     precisions = tuple(split_list(args.precision))
     size = args.size.lower() if args.size else None
     run_export(ExportRequest(size=size, out_dir=args.out, checkpoint=args.checkpoint,
                              seed=None if args.checkpoint else args.seed, precisions=precisions,
-                             data_dir=args.data or default_data_dir(), calibration_data=args.calibration_data,
+                             data_dir=data_dir(args), calibration_data=args.calibration_data,
                              calibration_method=args.calibration_method,
                              calibration_windows=args.calibration_windows,
                              int8_keep_float=() if args.int8_keep_float == "none" else tuple(
@@ -84,18 +145,17 @@ def export(args: argparse.Namespace) -> int:
 def verify_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("artifact", type=Path, help=".onnx (or .plan) with its manifest beside it")
     p.add_argument("--checkpoint", type=Path, help="the checkpoint it was exported from (not needed if untrained)")
-    p.add_argument("--data", type=Path, default=None, help="recordings (default as for export)")
-    p.add_argument("--provider", default=None, help="ONNX Runtime provider (default: best available)")
+    add_data_flag(p)
+    add_backend_flags(p)
 
 
 def verify(args: argparse.Namespace) -> int:
     from csfm_edge.export.reverify import reverify
-    from csfm_edge.recordings.datasets import default_data_dir
 
-    result = reverify(args.artifact, args.checkpoint, args.data or default_data_dir(), args.provider)
-    print(f"{'case':18} {'shape':>14} {'max abs':>10} {'cosine':>10}")
-    for r in result.results:
-        print(f"{r.case:18} {'x'.join(map(str, r.shape)):>14} {r.max_abs:10.2e} {r.mean_cosine:10.6f}")
+    result = reverify(args.artifact, args.checkpoint, data_dir(args), backend_options(args))
+    print(f"{'case':18} {'shape':>14} {'max abs':>10} {'min cos':>10}")
+    for r, _ in result.results:
+        print(f"{r.case:18} {'x'.join(map(str, r.shape)):>14} {r.max_abs:10.2e} {r.min_cosine:10.6f}")
     verdict = "PASS" if result.passed else "FAIL"
     print(f"{verdict}: {args.artifact.name} ({result.precision}, {result.tolerance.describe()}); data: {result.data}")
     return 0 if result.passed else 2
@@ -113,8 +173,7 @@ def build_flags(p: argparse.ArgumentParser) -> None:
                    help="native: this machine's GPU; rtx-smXX: ahead of time with TensorRT for RTX (no GPU needed)")
     p.add_argument("--workspace", type=int, default=None, metavar="MB", help="builder workspace limit")
     p.add_argument("--timing-cache", type=Path, default=None, help="read before and written after the build")
-    p.add_argument("--out", type=Path, default=None, help="plan path (default: beside the ONNX file)")
-    p.add_argument("--force", action="store_true", help="overwrite an existing plan")
+    add_output_flags(p, "plan path (default: beside the ONNX file)", force_help="overwrite an existing plan")
 
 
 def build(args: argparse.Namespace) -> int:
@@ -152,15 +211,13 @@ def run_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--hop", type=float, default=10.0, help="seconds between window starts (default 10)")
     p.add_argument("--strict", action="store_true",
                    help="refuse a record with a lead flat or missing throughout (default: drop it, score the rest)")
-    p.add_argument("--max-windows", type=int, default=20_000,
-                   help="refuse a record that would make more windows than this (default 20000; memory)")
-    p.add_argument("--provider", default=None, help="ONNX Runtime provider: cpu, cuda, tensorrt (default: best)")
+    p.add_argument("--max-windows", type=int, default=MAX_WINDOWS,
+                   help=f"refuse a record that would make more windows than this (default {MAX_WINDOWS}; memory)")
+    add_backend_flags(p)
     p.add_argument("--check", action="store_true", help="also run the PyTorch reference and print the deviation")
     p.add_argument("--checkpoint", type=Path, help="the checkpoint behind the artifact (for --check)")
-    p.add_argument("--out", type=Path, default=None,
-                   help="one recording: .npz or .json; any number: .parquet (one row per window; failures in "
+    add_output_flags(p, "one recording: .npz or .json; any number: .parquet (one row per window; failures in "
                         "NAME.errors.json)")
-    p.add_argument("--force", action="store_true", help="replace an existing --out file")
     p.add_argument("--resume", action="store_true", help="continue an interrupted --out .parquet batch")
     p.add_argument("--workers", type=int, default=2, help="threads reading and preprocessing ahead (default 2)")
 
@@ -201,7 +258,7 @@ def _run_one(args: argparse.Namespace, path: Path, leads: list[str] | None, lead
     from csfm_edge.runtime.session import Session
 
     recording = read_recording(path, args.fs, leads, lead_map)
-    session = Session.open(args.artifact, provider=args.provider)
+    session = Session.open(args.artifact, backend_options(args))
     started = time.perf_counter()
     result = session.embed(recording.signal, recording.fs, recording.leads, hop_s=args.hop, strict=args.strict,
                            max_windows=args.max_windows)
@@ -227,9 +284,7 @@ def _run_one(args: argparse.Namespace, path: Path, leads: list[str] | None, lead
         reference = Session.open(args.artifact, reference=True, checkpoint=args.checkpoint)
         expected = reference.embed(recording.signal, recording.fs, recording.leads, hop_s=args.hop,
                                    strict=args.strict, max_windows=args.max_windows)
-        deviation = compare_results(expected, result)
-        print(f"check vs PyTorch reference: max abs {deviation['max_abs']:.2e}, "
-              f"mean cosine {deviation['mean_cosine']:.6f}, min cosine {deviation['min_cosine']:.6f}")
+        print(f"check vs PyTorch reference: {compare_results(expected, result).describe()}")
     if args.out is not None:
         write_results(args.out, result, {**info, "input": str(path), "lead_mapping": recording.lead_mapping,
                                          "fs": recording.fs})
@@ -245,7 +300,7 @@ def _run_batch(args: argparse.Namespace, paths: list[Path], leads: list[str] | N
     started = time.perf_counter()
     summary = run_batch(BatchRequest(args.artifact, paths, out=args.out, fs=args.fs, leads=leads, lead_map=lead_map,
                                      hop_s=args.hop, strict=args.strict, max_windows=args.max_windows,
-                                     provider=args.provider, resume=args.resume, workers=args.workers))
+                                     options=backend_options(args), resume=args.resume, workers=args.workers))
     took = time.perf_counter() - started
     print(f"{summary.scored} of {summary.records} recordings scored ({summary.windows} windows) in {took:.1f} s"
           + (f"; {summary.skipped} already scored (resumed)" if summary.skipped else "")
@@ -265,24 +320,25 @@ def _int_list(text: str) -> list[int]:
 
 
 def bench_flags(p: argparse.ArgumentParser) -> None:
-    p.add_argument("targets", nargs="+", help="artifacts (.onnx, .plan, PATH@provider) or torch:SIZE / torch-fast:SIZE")
+    p.add_argument("targets", nargs="+",
+                   help="artifacts (.onnx, .plan), or torch:SIZE / torch-fast:SIZE (plain PyTorch)")
     p.add_argument("--batch", default="1,8", help="comma-separated batch sizes (default 1,8)")
-    p.add_argument("--leads", default="ii+ppg,12lead", help="lead sets: ii, ppg, ii+ppg, 12lead, 12lead+ppg")
+    add_lead_sets_flag(p, "each timed")
     p.add_argument("--time", default="2500", help="window lengths in samples (multiples of 25)")
     p.add_argument("--warmup-s", type=float, default=0.5)
     p.add_argument("--duration-s", type=float, default=3.0)
-    p.add_argument("--provider", default=None, help="ONNX Runtime provider for .onnx targets")
-    p.add_argument("--data", type=Path, default=None, help="recordings (default as for export)")
+    add_backend_flags(p, several=True)
+    add_data_flag(p, "timing and accuracy")
     p.add_argument("--json", type=Path, default=None, help="results file, rewritten after every case")
 
 
 def bench(args: argparse.Namespace) -> int:
     from csfm_edge.bench.runner import BenchConfig, run_bench
-    from csfm_edge.recordings.datasets import default_data_dir
 
-    record = run_bench(BenchConfig(args.targets, _int_list(args.batch), split_list(args.leads), _int_list(args.time),
-                                   args.warmup_s, args.duration_s, args.data or default_data_dir(), args.provider,
-                                   args.json))
+    providers = split_list(args.provider) if args.provider else [None]
+    record = run_bench(BenchConfig(args.targets, _int_list(args.batch), split_list(args.lead_sets),
+                                   _int_list(args.time), args.warmup_s, args.duration_s, data_dir(args),
+                                   [backend_options(args, p) for p in providers], args.json))
     print(f"{'target':44} {'leads':8} {'batch':>5} {'p50 ms':>9} {'p90 ms':>9} {'win/s':>9} {'cosine':>9}")
     for r in record["results"]:
         cosine = r["accuracy_min_cosine_vs_fp32"]
@@ -296,7 +352,8 @@ def bench(args: argparse.Namespace) -> int:
 
 def report_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("results", nargs="+", type=Path, help="bench JSON files (one per machine)")
-    p.add_argument("--out", type=Path, required=True, help="folder for report.md and the PNG plots")
+    add_output_flags(p, "folder for report.md and the PNG plots", required=True,
+                     force_help="replace report.md and plots already in --out")
 
 
 def bench_report(args: argparse.Namespace) -> int:
@@ -309,26 +366,25 @@ def bench_report(args: argparse.Namespace) -> int:
 
 def triton_repo_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("artifacts", nargs="+", type=Path, help="exported .onnx files (with manifests)")
-    p.add_argument("--out", type=Path, required=True, help="model repository folder")
-    p.add_argument("--leads", default="ii+ppg,12lead", help="lead sets, one model each (ii, ppg, ii+ppg, 12lead, ...)")
+    add_output_flags(p, "model repository folder", required=True, force_help="write into a non-empty folder")
+    add_lead_sets_flag(p, "one model each")
     p.add_argument("--platform", default="onnxruntime_onnx", choices=("onnxruntime_onnx", "tensorrt_plan", "python"),
                    help="python: a Python-backend model running a csfm-edge Session (no ONNX Runtime/TensorRT "
                         "backend needed, e.g. the bundled server of `serve --repository`)")
-    p.add_argument("--max-batch", type=int, default=64)
-    p.add_argument("--max-queue-delay-us", type=int, default=1000)
+    add_batching_flags(p)
     p.add_argument("--instances", type=int, default=1)
     p.add_argument("--kind", default=None, choices=("KIND_GPU", "KIND_CPU"),
                    help="instance group kind (default KIND_GPU; KIND_CPU for --platform python)")
-    p.add_argument("--provider", default=None, help="--platform python: ONNX Runtime provider or openvino")
+    p.add_argument("--provider", default=None, type=str.lower, choices=PROVIDERS,
+                   help="--platform python: the backend its Session opens (default: the best installed)")
     p.add_argument("--preprocess", action="store_true",
                    help="add a preprocessing ensemble per model (raw signal at any rate in; Python backend)")
-    p.add_argument("--force", action="store_true", help="write into a non-empty folder")
 
 
 def triton_repo(args: argparse.Namespace) -> int:
     from csfm_edge.serving.triton_repo import TritonRepoRequest, write_repository
 
-    configs = write_repository(TritonRepoRequest(args.artifacts, args.out, split_list(args.leads), args.platform,
+    configs = write_repository(TritonRepoRequest(args.artifacts, args.out, split_list(args.lead_sets), args.platform,
                                                  args.max_batch, args.max_queue_delay_us, args.instances, args.kind,
                                                  args.preprocess, args.force, args.provider))
     for config in configs:
@@ -343,10 +399,9 @@ def serve_flags(p: argparse.ArgumentParser) -> None:
                         "PyTriton bundles, instead of an artifact")
     p.add_argument("--port", type=int, default=8000, help="HTTP port (gRPC: port+1, metrics: port+2)")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface)")
-    p.add_argument("--leads", default="ii+ppg,12lead", help="lead sets, one Triton model each")
-    p.add_argument("--max-batch", type=int, default=64)
-    p.add_argument("--max-queue-delay-us", type=int, default=2000)
-    p.add_argument("--provider", default=None, help="ONNX Runtime provider or openvino (default: best)")
+    add_lead_sets_flag(p, "one Triton model each")
+    add_batching_flags(p)
+    add_backend_flags(p)
 
 
 def serve(args: argparse.Namespace) -> int:
@@ -359,15 +414,14 @@ def serve(args: argparse.Namespace) -> int:
         return 0
     from csfm_edge.serving.pytriton_server import ServeRequest, serve_forever
 
-    serve_forever(ServeRequest(args.artifact, split_list(args.leads), args.port, args.max_batch,
-                               args.max_queue_delay_us, args.provider, args.host))
+    serve_forever(ServeRequest(args.artifact, split_list(args.lead_sets), args.port, args.max_batch,
+                               args.max_queue_delay_us, backend_options(args), args.host))
     return 0
 
 
 def doctor_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("artifacts", nargs="*", type=Path, help="exported .onnx files to check on this machine")
-    p.add_argument("--data", type=Path, default=None,
-                   help="folder of the shared recordings (default $CSFM_EDGE_DATA, else the bundled ECG)")
+    add_data_flag(p, "the checks")
     p.add_argument("--json", type=Path, default=None, help="also write the report as JSON")
 
 
@@ -376,11 +430,10 @@ def doctor(args: argparse.Namespace) -> int:
 
     from csfm_edge.doctor import run_doctor
     from csfm_edge.fileio import check_output, write_atomically
-    from csfm_edge.recordings.datasets import default_data_dir
 
     if args.json is not None:
         check_output(args.json, protected=list(args.artifacts), force=True)
-    report = run_doctor(args.artifacts, args.data or default_data_dir())
+    report = run_doctor(args.artifacts, data_dir(args))
     m = report.machine
     gpu = m["gpu"]
     print(f"platform    {m['platform']} (Python {m['python']})")

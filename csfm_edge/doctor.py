@@ -24,9 +24,10 @@ from csfm_edge import __version__
 from csfm_edge.bench.machine import command_output
 from csfm_edge.environment import installed_versions
 from csfm_edge.errors import CsfmError
-from csfm_edge.metrics import cosine_rows
+from csfm_edge.metrics import Comparison, Tolerance, compare
 from csfm_edge.profiles import PRESETS
 from csfm_edge.recordings.datasets import lead_set_batches, shaped_batch
+from csfm_edge.runtime.backends import BackendOptions, open_backend
 from csfm_edge.spec import SPEC
 
 
@@ -95,37 +96,44 @@ def _real_feed(data_dir: Path | None, batch: int, channels: int) -> dict[str, np
     return SPEC.feed(signal, ids)
 
 
-def _agreement(reference: dict, candidate: dict) -> float:
-    return float(cosine_rows(reference[SPEC.features], candidate[SPEC.features]).min())
+def _agreement(reference: dict, candidate: dict, tolerance: Tolerance) -> Comparison:
+    return compare(reference[SPEC.features], candidate[SPEC.features], tolerance)
+
+
+def _run_once(artifact: Path, manifest, options: BackendOptions, feeds: list[dict]) -> list[dict]:
+    backend = open_backend(artifact, manifest, options)
+    try:
+        return [backend.run(feed) for feed in feeds]
+    finally:
+        backend.close()
 
 
 def artifact_checks(report: Report, artifact: Path, data_dir: Path | None, gpu: bool) -> None:
-    from csfm_edge.runtime.backends.onnxruntime import OnnxRuntimeBackend
-    from csfm_edge.runtime.backends.openvino import OpenVINOBackend, openvino_available
+    from csfm_edge.runtime.backends.openvino import openvino_available
     from csfm_edge.runtime.manifest import read_manifest
 
     name = artifact.name
     manifest = read_manifest(artifact)
-    tolerance = SPEC.tolerances[manifest.precision]
     feed = _real_feed(data_dir, 2, 2)
     outputs: dict[str, dict] = {}
 
     def onnxruntime() -> str:
-        outputs["reference"] = OnnxRuntimeBackend(artifact, "cpu").run(feed)
+        outputs["reference"] = _run_once(artifact, manifest, BackendOptions(provider="cpu"), [feed])[0]
         return f"ran lead II + PPG batch 2 on real windows: features {outputs['reference'][SPEC.features].shape}"
 
     def openvino() -> str:
         if not openvino_available():
             raise SkipCheck("openvino is not installed (pip install 'csfm-edge[openvino]')")
-        if manifest.precision.startswith("cpu-"):
+        if not manifest.precision_record.portable:
             raise SkipCheck("ONNX Runtime CPU graph (contrib ops): not for OpenVINO")
         if "reference" not in outputs:
             raise SkipCheck("ONNX Runtime did not run it: nothing to compare with")
-        cosine = _agreement(outputs["reference"],
-                            OpenVINOBackend(artifact, manifest.precision, manifest.output_names).run(feed))
-        if cosine < (tolerance.min_cosine or 0.999):
-            raise CsfmError(f"OpenVINO and ONNX Runtime disagree: min cosine {cosine:.5f}")
-        return f"equals ONNX Runtime: min cosine {cosine:.6f}"
+        agreement = _agreement(outputs["reference"],
+                               _run_once(artifact, manifest, BackendOptions(provider="openvino"), [feed])[0],
+                               manifest.precision_record.tolerance)
+        if not agreement.passed:
+            raise CsfmError(f"OpenVINO and ONNX Runtime disagree: {agreement.describe()}")
+        return f"equals ONNX Runtime: min cosine {agreement.min_cosine:.6f}"
 
     _check(report, f"{name}: onnxruntime", onnxruntime)
     _check(report, f"{name}: openvino", openvino)
@@ -143,7 +151,7 @@ def _no_gpu_reason(report: Report) -> str:
 def _build_check(artifact: Path, manifest, gpu: bool) -> str:
     from csfm_edge.export.tensorrt_build import BuildRequest, build_engine
 
-    if manifest.precision.startswith("cpu-"):
+    if not manifest.precision_record.portable:
         raise SkipCheck("ONNX Runtime CPU graph: not a TensorRT artifact")
     target = "native" if gpu else "rtx-sm86"
     try:
@@ -160,25 +168,25 @@ def _build_check(artifact: Path, manifest, gpu: bool) -> str:
 
 
 def _engine_checks(artifact: Path, manifest, data_dir: Path | None) -> str:
-    """Native engine: verified against the ONNX on ONNX Runtime, graph replay = plain, two threads = one."""
+    """Native engine: within its precision's tolerance of the ONNX graph on ONNX Runtime, graph replay equal
+    to plain launches, two threads equal to one."""
     from csfm_edge.export.tensorrt_build import BuildRequest, build_engine
-    from csfm_edge.runtime.backends.onnxruntime import OnnxRuntimeBackend
-    from csfm_edge.runtime.backends.tensorrt import TensorRTBackend
     from csfm_edge.runtime.manifest import read_manifest
 
-    tolerance = SPEC.tolerances[manifest.precision]
     with tempfile.TemporaryDirectory() as tmp:
         plan = build_engine(BuildRequest(artifact, Path(tmp) / "doctor.plan", [PRESETS["bedside"], PRESETS["clinic"]],
                                          progress=lambda message: None))
         plan_manifest = read_manifest(plan)
         feeds = [_real_feed(data_dir, 2, 2), _real_feed(data_dir, 8, 12), _real_feed(data_dir, 1, 1)]
-        expected = [OnnxRuntimeBackend(artifact, "cpu").run(f) for f in feeds]
-        plain = TensorRTBackend(plan, plan_manifest)
-        graphed = TensorRTBackend(plan, plan_manifest, use_cuda_graph=True)
+        expected = _run_once(artifact, manifest, BackendOptions(provider="cpu"), feeds)
+        plain = open_backend(plan, plan_manifest, BackendOptions())
+        graphed = open_backend(plan, plan_manifest, BackendOptions(cuda_graph=True))
         try:
-            worst = min(_agreement(e, plain.run(f)) for e, f in zip(expected, feeds))
-            if worst < (tolerance.min_cosine or 0.9999):
-                raise CsfmError(f"engine vs ONNX Runtime: min cosine {worst:.5f}")
+            tolerance = manifest.precision_record.tolerance
+            worst = min((_agreement(e, plain.run(f), tolerance) for e, f in zip(expected, feeds)),
+                        key=lambda c: (c.passed, c.min_cosine))
+            if not worst.passed:
+                raise CsfmError(f"engine vs ONNX Runtime: {worst.describe()}")
             for _ in range(3):  # alternating shapes and profiles: replay must follow every change
                 for f in feeds:
                     a, b = plain.run(f)[SPEC.features], graphed.run(f)[SPEC.features]
@@ -195,8 +203,8 @@ def _engine_checks(artifact: Path, manifest, data_dir: Path | None) -> str:
         finally:
             plain.close()
             graphed.close()
-    return (f"verified vs ONNX Runtime (min cosine {worst:.6f}); graph replay = plain across shapes; 2 threads = 1; "
-            f"GPU compute {times[1]:.2f} ms at batch 1, {times[8]:.2f} ms at batch 8 (II+PPG)")
+    return (f"verified vs ONNX Runtime (min cosine {worst.min_cosine:.6f}); graph replay = plain across shapes; "
+            f"2 threads = 1; GPU compute {times[1]:.2f} ms at batch 1, {times[8]:.2f} ms at batch 8 (II+PPG)")
 
 
 def run_doctor(artifacts: list[Path], data_dir: Path | None) -> Report:

@@ -1,4 +1,4 @@
-"""One object describing the exported graph: tensor names, dtypes, dynamic axes, opset, tolerances.
+"""One object describing the exported graph (tensor names, dtypes, dynamic axes, opset) and the precisions.
 
 Export, verification, TensorRT profiles, the Triton configuration, the backends and the tests all
 read :data:`SPEC` (the way Optimum's ``OnnxConfig`` describes a model): no other module spells a
@@ -12,13 +12,9 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from csfm_edge.config import PATCH_SAMPLES, WINDOW_SAMPLES
-from csfm_edge.errors import WindowLengthError
+from csfm_edge.errors import ParameterError, WindowLengthError
 from csfm_edge.leads import NUM_CHANNEL_TYPES, PPG_ID
-
-PRECISIONS = ("fp32", "fp16", "int8", "cpu-fp32", "cpu-int8")
-# fp32/fp16/int8: portable graphs, precision in the graph, for TensorRT and any runtime.
-# cpu-*: ONNX Runtime CPU graphs with its fused attention op (see csfm_edge.export.cpu).
-DEFAULT_PRECISIONS = ("fp32", "fp16", "int8")
+from csfm_edge.metrics import Tolerance
 
 
 @dataclass(frozen=True)
@@ -34,19 +30,51 @@ class AxisRange:
 
 
 @dataclass(frozen=True)
-class Tolerance:
-    """Export acceptance for one precision: max abs error and/or mean cosine of the features."""
+class Precision:
+    """One artifact precision, declared as data (Optimum's ``VARIANTS`` habit): every decision that
+    depends on a precision reads this record instead of testing its name.
 
-    max_abs: float | None = None
-    min_cosine: float | None = None
+    ``portable``: a graph of standard ONNX operators (TensorRT, OpenVINO, any runtime); the ``cpu-*``
+    graphs use ONNX Runtime's fused-attention contrib op. ``tensorrt_flags``: builder flags a weakly
+    typed TensorRT needs for it. ``tf32``: whether TF32 may round its matrix products (not within the
+    fp32 tolerance). ``openvino_hint``: OpenVINO's inference precision where the CPU has bf16 units.
+    ``quantized``: int8 inside (Q/DQ or dynamic); ``calibrated``: made from real calibration windows.
+    ``made_by``: how the graph is made, for humans. ``compute``: the arithmetic of its matrix products
+    (which published or measured peak its speed is a fraction of).
+    """
 
-    def describe(self) -> str:
-        parts = []
-        if self.max_abs is not None:
-            parts.append(f"max abs <= {self.max_abs:g}")
-        if self.min_cosine is not None:
-            parts.append(f"cosine >= {self.min_cosine:g}")
-        return " and ".join(parts)
+    name: str
+    portable: bool
+    tolerance: Tolerance
+    made_by: str
+    tensorrt_flags: tuple[str, ...] = ()
+    tf32: bool = True
+    openvino_hint: str = "f32"
+    quantized: bool = False
+    calibrated: bool = False
+    compute: str = "fp32"
+
+
+PRECISIONS: dict[str, Precision] = {p.name: p for p in (
+    Precision("fp32", True, Tolerance(max_abs=1e-4), "the exported graph, float32 throughout", tf32=False),
+    Precision("fp16", True, Tolerance(min_cosine=0.999), "ONNX Runtime's float16 converter; norms and softmax "
+              "in float32", tensorrt_flags=("FP16",), openvino_hint="bf16", compute="fp16"),
+    Precision("int8", True, Tolerance(min_cosine=0.99), "Q/DQ from ONNX Runtime's static quantization on real "
+              "windows", tensorrt_flags=("INT8", "FP16"), openvino_hint="bf16", quantized=True,
+              calibrated=True, compute="int8"),
+    Precision("cpu-fp32", False, Tolerance(max_abs=1e-4), "ONNX Runtime CPU graph with fused attention", tf32=False),
+    Precision("cpu-int8", False, Tolerance(min_cosine=0.99), "ONNX Runtime CPU graph, dynamic int8 linear layers",
+              quantized=True, compute="int8"),
+)}
+DEFAULT_PRECISIONS = ("fp32", "fp16", "int8")
+
+
+def precision_record(name: str) -> Precision:
+    """The record of a precision name; an unknown one names the choices."""
+    try:
+        return PRECISIONS[name]
+    except KeyError:
+        raise ParameterError(f"unknown precision {name!r}; choose from {', '.join(PRECISIONS)}") from None
 
 
 def check_window_length(samples: int) -> None:
@@ -70,13 +98,6 @@ class ExportSpec:
         "batch": AxisRange(1, 8, 64),
         "channels": AxisRange(1, 2, NUM_CHANNEL_TYPES),
         "time": AxisRange(PATCH_SAMPLES, WINDOW_SAMPLES, WINDOW_SAMPLES),
-    })
-    tolerances: dict[str, Tolerance] = field(default_factory=lambda: {
-        "fp32": Tolerance(max_abs=1e-4),
-        "fp16": Tolerance(min_cosine=0.999),
-        "int8": Tolerance(min_cosine=0.99),
-        "cpu-fp32": Tolerance(max_abs=1e-4),
-        "cpu-int8": Tolerance(min_cosine=0.99),
     })
     # Verification grid: every combination is checked against PyTorch on real windows.
     verification_grid: dict[str, tuple[int, ...]] = field(default_factory=lambda: {

@@ -17,6 +17,7 @@ from csfm_edge.bench.runner import BenchConfig, run_bench
 from csfm_edge.bench.timing import measure
 from csfm_edge.config import SIZES
 from csfm_edge.model import build
+from csfm_edge.runtime.backends import BackendOptions
 
 
 @pytest.mark.parametrize(("size", "channels", "time"), [("tiny", 2, 2500), ("tiny", 12, 1250), ("base", 1, 2500)])
@@ -76,9 +77,9 @@ def test_sweep_writes_json_per_case_and_skips_what_cannot_run(tiny_artifacts, da
     out = tmp_path / "cpu.json"
     broken = tmp_path / "csfm-tiny.fp32.onnx"  # no manifest beside it: must be skipped, not crash the sweep
     broken.write_bytes(b"not a graph")
-    record = run_bench(BenchConfig([str(tiny_artifacts["int8"]) + "@cpu", str(broken), "torch:tiny"], batches=[1, 2],
+    record = run_bench(BenchConfig([str(tiny_artifacts["int8"]), str(broken), "torch:tiny"], batches=[1, 2],
                                    lead_sets=["ii+ppg"], warmup_s=0.0, duration_s=0.2, data_dir=data_dir, json_out=out,
-                                   progress=quiet))
+                                   options=[BackendOptions(provider="cpu")], progress=quiet))
     saved = json.loads(out.read_text())
     assert saved["results"] == json.loads(json.dumps(record["results"], default=float))
     assert len(saved["results"]) == 4 and saved["skipped"][0]["target"] == str(broken)

@@ -28,9 +28,9 @@ def test_cpu_graphs_fuse_attention_and_verify(cpu_artifacts):
         counts = Counter(n.op_type for n in onnx.load(str(path)).graph.node)
         assert counts["MultiHeadAttention"] == 6 and counts["Softmax"] == 0
         manifest = read_manifest(path)
-        assert manifest.verification["passed"] and manifest.precision_detail["runtime"] == "ONNX Runtime only"
+        assert manifest.verification.passed and manifest.precision_detail.runtime == "ONNX Runtime only"
     assert Counter(n.op_type for n in onnx.load(str(cpu_artifacts["cpu-int8"])).graph.node)["MatMulInteger"] > 0
-    assert read_manifest(cpu_artifacts["cpu-fp32"]).verification["worst"]["max_abs"] <= 1e-4
+    assert read_manifest(cpu_artifacts["cpu-fp32"]).verification.worst.max_abs <= 1e-4
 
 
 def test_default_backend_for_cpu_graphs_is_onnxruntime(cpu_artifacts):

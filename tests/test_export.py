@@ -6,6 +6,7 @@ import json
 import subprocess
 import sys
 from collections import Counter
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -19,9 +20,9 @@ from csfm_edge.errors import CsfmError, VerificationError
 from csfm_edge.export.onnx_export import ExportRequest, export
 from csfm_edge.fileio import sha256_of
 from csfm_edge.model import build
-from csfm_edge.runtime.backends.onnxruntime import OnnxRuntimeBackend
-from csfm_edge.runtime.manifest import read_manifest
-from csfm_edge.spec import SPEC, Tolerance
+from csfm_edge.runtime.backends import BackendOptions, open_backend
+from csfm_edge.runtime.manifest import model_outputs, read_manifest
+from csfm_edge.spec import PRECISIONS, SPEC, Tolerance
 
 
 def test_files_and_manifests(tiny_artifacts):
@@ -40,9 +41,12 @@ def test_files_and_manifests(tiny_artifacts):
         assert verification["passed"] and len(verification["cases"]) == 20
         assert {c["case"] for c in verification["cases"]} >= {"real 12lead", "real ii+ppg", "real ii", "real ppg"}
         assert "a103l" in verification["data"]
-    assert read_manifest(tiny_artifacts["int8"]).calibration["windows"] > 0
-    assert read_manifest(tiny_artifacts["fp32"]).verification["worst"]["max_abs"] <= 1e-4
-    assert read_manifest(tiny_artifacts["fp16"]).verification["worst"]["min_mean_cosine"] >= 0.999
+    assert read_manifest(tiny_artifacts["int8"]).calibration.windows > 0
+    assert read_manifest(tiny_artifacts["fp32"]).verification.worst.max_abs <= 1e-4
+    assert read_manifest(tiny_artifacts["fp16"]).verification.worst.min_cosine >= 0.999
+    # the tolerance bounds the worst window of every case, never a mean
+    int8 = read_manifest(tiny_artifacts["int8"]).verification
+    assert min(c.min_cosine for c in int8.cases) == int8.worst.min_cosine >= int8.tolerance.min_cosine
 
 
 def test_every_precision_passes_the_onnx_checker_with_full_shape_inference(tiny_artifacts):
@@ -74,7 +78,7 @@ def test_graph_interface_is_symbolic_and_checks(tiny_artifacts):
 
 @pytest.mark.parametrize("precision", ["fp32", "fp16", "int8"])
 def test_dynamic_shapes_run_and_match(tiny_artifacts, precision):
-    backend = OnnxRuntimeBackend(tiny_artifacts[precision], provider="cpu")
+    backend = _cpu_backend(tiny_artifacts[precision])
     reference = build("tiny", seed=0)
     rng = np.random.default_rng(0)
     for batch, channels, time in [(1, 1, 25), (64, 1, 2500), (3, 13, 2500), (2, 5, 1275)]:
@@ -144,13 +148,18 @@ def test_head_is_exported_as_logits(tmp_path, data_dir):
     assert manifest["outputs"]["logits"] == {"dtype": "float32", "dims": ["batch", 2]}
     assert manifest["weights"]["source"] == "checkpoint" and manifest["weights"]["name"] == "finetuned.pth"
     assert manifest["verification"]["cases"][0]["logits_max_abs"] <= 1e-4
-    out = OnnxRuntimeBackend(path, "cpu").run({"signal": np.ones((3, 2, 2500), np.float32),
+    out = _cpu_backend(path).run({"signal": np.ones((3, 2, 2500), np.float32),
                                                "channel_ids": np.array([1, 12])})
     assert out["logits"].shape == (3, 2)
 
 
+def _cpu_backend(path, manifest=None):
+    """ONNX Runtime's CPU provider on an exported graph, opened as everything opens backends."""
+    return open_backend(path, manifest or read_manifest(path), BackendOptions(provider="cpu"))
+
+
 def test_missed_tolerance_writes_nothing(tmp_path, data_dir, monkeypatch):
-    monkeypatch.setitem(SPEC.tolerances, "fp16", Tolerance(max_abs=1e-7))
+    monkeypatch.setitem(PRECISIONS, "fp16", replace(PRECISIONS["fp16"], tolerance=Tolerance(max_abs=1e-7)))
     with pytest.raises(VerificationError, match=r"csfm-tiny\.fp16\.onnx misses its tolerance \(max abs <= 1e-07\)"):
         export(ExportRequest(size="tiny", out_dir=tmp_path, precisions=("fp16",), data_dir=data_dir, progress=quiet))
     assert list(tmp_path.iterdir()) == []
@@ -208,7 +217,7 @@ def test_a_custom_architecture_is_exported_under_its_own_name(tmp_path, data_dir
     assert path.name == "csfm-custom-d64x2.fp32.onnx"
     manifest = read_manifest(path)
     assert (manifest.model.size, manifest.model.dim, manifest.model.depth) == ("custom-d64x2", 64, 2)
-    assert manifest.verification["passed"] and manifest.outputs["features"].width == 64
+    assert manifest.verification.passed and manifest.outputs["features"].width == 64
     with pytest.raises(CsfmError, match="--size"):
         export(ExportRequest(size=None, out_dir=tmp_path / "out2", progress=quiet))
 
@@ -258,9 +267,9 @@ def test_export_verifies_and_calibrates_on_a_users_own_folder(tmp_path, data_dir
     [path] = export(ExportRequest(size="tiny", out_dir=tmp_path / "out", precisions=("int8",), data_dir=folder,
                                   calibration_windows=32, progress=quiet))
     manifest = read_manifest(path)
-    assert manifest.verification["passed"] and str(folder) in manifest.verification["data"]
-    assert manifest.calibration["windows"] == 32 and "ii+ppg" in manifest.calibration["lead_sets"]
-    assert "bed7.npz" in manifest.calibration["files_sha256"]
+    assert manifest.verification.passed and str(folder) in manifest.verification.data
+    assert manifest.calibration.windows == 32 and "ii+ppg" in manifest.calibration.lead_sets
+    assert "bed7.npz" in manifest.calibration.files_sha256
     with pytest.raises(CsfmError, match="no recordings"):
         (tmp_path / "empty").mkdir()
         export(ExportRequest(size="tiny", out_dir=tmp_path / "out2", precisions=("fp32",), data_dir=tmp_path / "empty",
@@ -276,7 +285,7 @@ def test_int8_keeps_the_attention_score_matmuls_in_float(tiny_artifacts, tmp_pat
     float_ones = [n for n in matmuls if not any(i in dq_outputs for i in n.input)]
     depth = read_manifest(tiny_artifacts["int8"]).model.depth
     assert len(float_ones) == 2 * depth and len(matmuls) == 6 * depth + 1  # Q.K^T and softmax.V per block
-    assert read_manifest(tiny_artifacts["int8"]).precision_detail["float_matmuls"] == {
+    assert read_manifest(tiny_artifacts["int8"]).precision_detail.float_matmuls == {
         "selected_by": [ATTENTION], "count": 2 * depth}
     fp32 = onnx.load(str(tiny_artifacts["fp32"]))
     assert float_matmuls(fp32, [ATTENTION]) == [n.name for n in float_ones]
@@ -287,11 +296,12 @@ def test_int8_keeps_the_attention_score_matmuls_in_float(tiny_artifacts, tmp_pat
         float_matmuls(fp32, ["(unclosed"])
 
 
-def test_both_exporters_give_the_same_symbolic_graph_and_old_opsets_need_the_tracer(tmp_path):
+def test_both_exporters_give_the_same_symbolic_graph_and_old_opsets_need_the_tracer(tmp_path, tiny_artifacts):
     from csfm_edge.config import CSFMConfig
     from csfm_edge.export.graph import Outputs, export_fp32
 
     model = build(CSFMConfig(dim=64, depth=2, heads=2, mlp_dim=128, head_classes=3), seed=2)
+    manifest = replace(read_manifest(tiny_artifacts["fp32"]), outputs=model_outputs(model.config))
     x = np.random.default_rng(0).standard_normal((3, 12, 1250)).astype(np.float32)
     outputs = {}
     for exporter, opset in (("dynamo", 18), ("tracer", 17)):
@@ -299,7 +309,7 @@ def test_both_exporters_give_the_same_symbolic_graph_and_old_opsets_need_the_tra
         assert exporter in export_fp32(model, path, opset, exporter)
         graph = onnx.load(str(path))
         assert graph.opset_import[0].version == opset
-        backend = OnnxRuntimeBackend(path, "cpu")
+        backend = _cpu_backend(path, manifest)
         outputs[exporter] = backend.run(SPEC.feed(x, list(range(12))))
         backend.close()
     reference = Outputs(model)(torch.from_numpy(x), torch.arange(12))

@@ -120,7 +120,7 @@ def test_manifest_problems_are_refused(tiny_artifacts, tmp_path):
     import onnx as onnx_lib
 
     from csfm_edge.export.embed import set_embedded_manifest
-    from csfm_edge.runtime.backends.onnxruntime import OnnxRuntimeBackend
+    from csfm_edge.runtime.backends import BackendOptions, open_backend
 
     onnx = tmp_path / "csfm-tiny.fp32.onnx"
     bare = onnx_lib.load(str(tiny_artifacts["fp32"]))
@@ -139,7 +139,8 @@ def test_manifest_problems_are_refused(tiny_artifacts, tmp_path):
     with pytest.raises(ArtifactError, match="manifest claims CSFM large with width 1024"):
         Session.open(onnx)
     with pytest.raises(ArtifactError, match="manifest claims CSFM large with width 1024"):
-        Session(OnnxRuntimeBackend(tiny_artifacts["fp32"], "cpu"), Manifest.from_dict(manifest))
+        lying = Manifest.from_dict(manifest)
+        Session(open_backend(tiny_artifacts["fp32"], lying, BackendOptions(provider="cpu")), lying)
 
 
 def test_stream_matches_offline_windows_and_keeps_up(session, bedside):

@@ -18,6 +18,7 @@ import tritonclient.http as http
 from tritonclient.utils import InferenceServerException
 
 from csfm_edge.recordings.datasets import lead_set_batches, real_batch
+from csfm_edge.runtime.backends import BackendOptions
 from csfm_edge.serving.pytriton_server import ServeRequest, start
 from csfm_edge.serving.triton_repo import model_name
 
@@ -31,7 +32,7 @@ def main() -> None:
     ids = [1, 12]
     with tempfile.TemporaryDirectory(prefix="csfm-triton-") as workspace:
         triton, session, log = start(ServeRequest(artifact, ["ii+ppg"], port, max_batch=16, max_queue_delay_us=20000,
-                                                  provider="cpu"), Path(workspace))
+                                                  options=BackendOptions(provider="cpu")), Path(workspace))
         name = model_name(session.model.size, session.precision, "ii+ppg")
         try:
             windows = real_batch(lead_set_batches(data_dir), ids, REQUESTS)

@@ -22,17 +22,18 @@ from csfm_edge.bench.flops import published_peak, window_flops
 from csfm_edge.bench.machine import machine_record
 from csfm_edge.bench.power import PowerSampler
 from csfm_edge.bench.timing import measure
-from csfm_edge.config import CSFMConfig, size_config
+from csfm_edge.config import SAMPLE_RATE_HZ, CSFMConfig, size_config
 from csfm_edge.errors import CsfmError, LeadError
 from csfm_edge.fileio import write_atomically
 from csfm_edge.leads import lead_set, rows_of
-from csfm_edge.metrics import cosine_rows
+from csfm_edge.metrics import compare
 from csfm_edge.progress import console_progress
 from csfm_edge.recordings.datasets import LeadSetBatch, lead_set_batches, real_batch
+from csfm_edge.runtime.backends import BackendOptions, open_backend, reference_backend
 from csfm_edge.runtime.backends.base import Backend
 from csfm_edge.runtime.manifest import ModelInfo, WeightsInfo, read_manifest
 from csfm_edge.runtime.preprocess import preprocess
-from csfm_edge.spec import SPEC
+from csfm_edge.spec import SPEC, precision_record
 
 TORCH_TARGETS = {"torch": "PyTorch eager fp32 (the authors' way)",
                  "torch-fast": "PyTorch fused attention + bf16 autocast"}
@@ -50,39 +51,31 @@ class Target:
     open: Callable[[], Backend]
 
 
-def resolve_target(spec: str, provider: str | None = None) -> Target:
-    """``PATH.onnx``/``PATH.plan`` (optionally ``@provider``: cpu, cuda, tensorrt, openvino; ``.plan@cuda-graph``
-    for CUDA-graph replay), or ``torch:SIZE`` / ``torch-fast:SIZE``."""
+def resolve_target(spec: str, options: BackendOptions) -> Target:
+    """``PATH.onnx`` / ``PATH.plan`` opened with ``options``, or ``torch:SIZE`` / ``torch-fast:SIZE`` (plain
+    PyTorch, seeded weights: the authors' way, and fused attention with bf16 autocast)."""
     kind, _, rest = spec.partition(":")
     if kind in TORCH_TARGETS and rest:
         config = size_config(rest)
 
         def open_torch() -> Backend:
             from csfm_edge.model import build, fused_attention, math_attention
-            from csfm_edge.runtime.backends.torch_ref import TorchBackend
 
             fast = kind == "torch-fast"
             model = build(config, seed=0, attention=fused_attention if fast else math_attention)
-            return TorchBackend(model, bf16_autocast=fast)
+            return reference_backend(model, BackendOptions(reference=True, autocast="bf16" if fast else None))
 
         precision = "bf16" if kind == "torch-fast" else "fp32"
         return Target(spec, TORCH_TARGETS[kind], ModelInfo.of(config), precision, WeightsInfo("untrained", seed=0),
                       open_torch)
-    path_text, _, chosen = spec.partition("@")
-    path = Path(path_text)
+    path = Path(spec)
     manifest = read_manifest(path)
-
-    def open_artifact() -> Backend:
-        if chosen == "cuda-graph":  # a TensorRT engine replayed from a captured CUDA graph
-            from csfm_edge.runtime.backends.tensorrt import TensorRTBackend
-
-            return TensorRTBackend(path, manifest, use_cuda_graph=True)
-        from csfm_edge.runtime.session import open_backend
-
-        return open_backend(path, manifest, chosen or provider)
-
-    label = f"{path.name}" + (f" @{chosen or provider}" if (chosen or provider) else "")
-    return Target(spec, label, manifest.model, manifest.precision, manifest.weights, open_artifact)
+    chosen = [f"@{options.provider}"] if options.provider else []
+    chosen += ["cuda graph"] if options.cuda_graph else []
+    chosen += [f"{options.threads} threads"] if options.threads else []
+    label = " ".join([path.name, *chosen])
+    return Target(spec, label, manifest.model, manifest.precision, manifest.weights,
+                  lambda: open_backend(path, manifest, options))
 
 
 @dataclass
@@ -94,7 +87,8 @@ class BenchConfig:
     warmup_s: float = 0.5
     duration_s: float = 3.0
     data_dir: Path | None = None
-    provider: str | None = None
+    # Every artifact is timed once per entry: compare providers (or thread counts) in one run.
+    options: list[BackendOptions] = field(default_factory=lambda: [BackendOptions()])
     json_out: Path | None = None
     progress: Callable[[str], None] = console_progress
 
@@ -139,12 +133,11 @@ class BenchRun:
         key = (target.model, target.weights, lead_set_name)
         if key not in self._reference_cache:
             from csfm_edge.model import rebuild_weights
-            from csfm_edge.runtime.backends.torch_ref import TorchBackend
 
             model = rebuild_weights(target.model.config(), target.weights.source, seed=target.weights.seed)
             ids = np.asarray(lead_set(lead_set_name), dtype=np.int64)
             feed = SPEC.feed(real_batch(self.batches, ids, 4), ids)
-            self._reference_cache[key] = TorchBackend(model).run(feed)[SPEC.features]
+            self._reference_cache[key] = reference_backend(model).run(feed)[SPEC.features]
         return self._reference_cache[key]
 
     def _accuracy(self, target: Target, backend: Backend, lead_set_name: str) -> float | None:
@@ -152,17 +145,18 @@ class BenchRun:
             return None  # the checkpoint file is not named in a bench run; accuracy lives in the manifest
         ids = np.asarray(lead_set(lead_set_name), dtype=np.int64)
         got = backend.run(SPEC.feed(real_batch(self.batches, ids, 4), ids))[SPEC.features]
-        ref = self._reference(target, lead_set_name)
-        return float(cosine_rows(got, ref).min())
+        return compare(self._reference(target, lead_set_name), got).min_cosine
 
     def run(self) -> dict:
         config = self.config
         shapes = [(b, s, t) for s in config.lead_sets for b in config.batches for t in config.times]
-        total = len(config.targets) * len(shapes)
         done = 0
-        for spec in config.targets:
+        runs = [(spec, options) for spec in config.targets
+                for options in (config.options if spec.partition(":")[0] not in TORCH_TARGETS else config.options[:1])]
+        total = len(runs) * len(shapes)
+        for spec, options in runs:
             try:
-                target = resolve_target(spec, config.provider)
+                target = resolve_target(spec, options)
                 backend = target.open()
             except CsfmError as exc:
                 self.record["skipped"].append({"target": spec, "reason": str(exc)})
@@ -191,7 +185,7 @@ class BenchRun:
         with PowerSampler() as power:
             latency = measure(lambda: backend.run(feed), warmup_s=config.warmup_s, duration_s=config.duration_s)
         device_only = gpu_compute = None
-        if hasattr(backend, "execute_only"):  # TensorRT: without the host<->device copies
+        if backend.device_timing:  # TensorRT: without the host<->device copies
             # enqueue + wait by the host clock, and GPU compute between CUDA events (trtexec reports both)
             device_only = measure(backend.execute_only, warmup_s=config.warmup_s, duration_s=config.duration_s)
             gpu_compute = measure(backend.execute_only, warmup_s=0.0, duration_s=config.duration_s,
@@ -204,13 +198,12 @@ class BenchRun:
         flops = window_flops(model, len(ids), time_len)
         machine = self.record["machine"]
         gpu_name = (machine.get("gpu") or {}).get("name")
-        on_gpu = target.spec.endswith((".plan", "@cuda", "@tensorrt")) or "tensorrt" in backend.describe()["backend"]
-        if on_gpu:
-            peak, peak_source = published_peak(gpu_name, "fp16" if target.precision == "bf16" else target.precision), \
-                "published (datasheet, dense)"
+        compute = "fp16" if target.precision == "bf16" else precision_record(target.precision).compute
+        if backend.on_gpu:
+            peak, peak_source = published_peak(gpu_name, compute), "published (datasheet, dense)"
         else:  # the CPU's measured peak is a float32 one: only fp32 targets are compared with it
             peak, peak_source = (machine["cpu_peak_gflops_fp32"] / 1000, "measured CPU fp32 matmul") \
-                if target.precision in ("fp32", "cpu-fp32") else (None, "no measured peak at this precision")
+                if compute == "fp32" else (None, "no measured peak at this precision")
         achieved = flops * windows_per_s / 1e12
         rss_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         energy = None if power.average_w is None else power.average_w * latency.median_ms / batch  # mJ
@@ -221,7 +214,7 @@ class BenchRun:
             "enqueue_and_wait_ms": None if device_only is None else device_only.to_dict(),
             "gpu_compute_ms": None if gpu_compute is None else gpu_compute.to_dict(),
             "throughput": {"windows_per_s": windows_per_s,
-                           "signal_seconds_per_s": windows_per_s * time_len / 250.0,
+                           "signal_seconds_per_s": windows_per_s * time_len / SAMPLE_RATE_HZ,
                            "samples_per_s": windows_per_s * time_len * len(ids)},
             "preprocess_ms_per_window": pre.median_ms,
             "end_to_end_ms": per_batch_pre_ms + latency.median_ms,

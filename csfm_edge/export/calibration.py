@@ -15,6 +15,7 @@ from onnxruntime.quantization import CalibrationDataReader
 from csfm_edge.errors import CsfmError
 from csfm_edge.fileio import sha256_of
 from csfm_edge.recordings.datasets import LeadSetBatch, calibration_batches
+from csfm_edge.runtime.manifest import CalibrationRecord, LeadSetWindows
 from csfm_edge.spec import SPEC
 
 
@@ -50,8 +51,7 @@ class RecordingCalibrationReader(CalibrationDataReader):
     def rewind(self) -> None:
         self._next, self._end = 0, len(self.feeds)
 
-    def describe(self) -> dict:
+    def describe(self) -> CalibrationRecord:
         files = sorted({f for b in self.batches for f in b.files})
-        return {"windows": len(self.feeds),
-                "lead_sets": {b.name: {"windows": len(b.signal), "source": b.source} for b in self.batches},
-                "files_sha256": {f.name: sha256_of(f) for f in files}}
+        return CalibrationRecord(len(self.feeds), {b.name: LeadSetWindows(len(b.signal), b.source)
+                                                   for b in self.batches}, {f.name: sha256_of(f) for f in files})

@@ -20,9 +20,7 @@ from onnxruntime.quantization import QuantType, quantize_dynamic
 
 from csfm_edge.export.graph import Outputs, finish_graph, trace
 from csfm_edge.model import CSFM, build, fused_attention
-from csfm_edge.spec import SPEC
-
-CPU_PRECISIONS = ("cpu-fp32", "cpu-int8")
+from csfm_edge.spec import SPEC, precision_record
 
 
 class _MultiHeadAttention(torch.autograd.Function):
@@ -51,7 +49,7 @@ def export_cpu(model: CSFM, precision: str, out_path: Path, opset: int = SPEC.op
         traced = Path(tmp) / "traced.onnx"
         trace(Outputs(cpu_model), model.config, traced, opset, custom_opsets={"com.microsoft": 1})
         finish_graph(traced, model.config, full_check=False)  # ONNX's checker does not know contrib ops
-        if precision == "cpu-fp32":
+        if not precision_record(precision).quantized:
             onnx.save(onnx.load(str(traced)), str(out_path))
         else:
             quiet_root = logging.getLogger().level
@@ -63,7 +61,7 @@ def export_cpu(model: CSFM, precision: str, out_path: Path, opset: int = SPEC.op
                 logging.getLogger().setLevel(quiet_root)
     how = {"tool": "torch.onnx.export + com.microsoft::MultiHeadAttention", "runtime": "ONNX Runtime only",
            "attention": "fused MultiHeadAttention (float32 softmax)"}
-    if precision == "cpu-int8":
+    if precision_record(precision).quantized:
         how.update({"quantization": "onnxruntime.quantization.quantize_dynamic", "weights": "int8 per channel",
                     "activations": "dynamic per-batch uint8 scales", "quantized_ops": ["MatMul (linear layers)"]})
     return how

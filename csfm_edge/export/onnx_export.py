@@ -19,7 +19,7 @@ from csfm_edge.config import size_config
 from csfm_edge.environment import installed_versions
 from csfm_edge.errors import CsfmError, VerificationError
 from csfm_edge.export.calibration import RecordingCalibrationReader
-from csfm_edge.export.cpu import CPU_PRECISIONS, export_cpu
+from csfm_edge.export.cpu import export_cpu
 from csfm_edge.export.embed import embed_manifest
 from csfm_edge.export.graph import export_fp32
 from csfm_edge.export.precision import DEFAULT_KEEP_FLOAT, keep_float_patterns, to_fp16, to_int8
@@ -28,12 +28,15 @@ from csfm_edge.leads import LEAD_NAMES
 from csfm_edge.model import CSFM, build, load_checkpoint
 from csfm_edge.progress import console_progress
 from csfm_edge.recordings.datasets import default_data_dir
-from csfm_edge.runtime.backends.onnxruntime import OnnxRuntimeBackend
-from csfm_edge.runtime.backends.torch_ref import TorchBackend
+from csfm_edge.runtime.backends import BackendOptions, open_backend, reference_backend
 from csfm_edge.runtime.manifest import (
+    CalibrationRecord,
     Manifest,
     ModelInfo,
+    PrecisionDetail,
+    VerificationRecord,
     WeightsInfo,
+    checkpoint_weights,
     custom_name,
     model_inputs,
     model_outputs,
@@ -43,7 +46,7 @@ from csfm_edge.runtime.manifest import (
     write_manifest,
 )
 from csfm_edge.runtime.preprocess import DEFAULT_PPG_ORDER
-from csfm_edge.spec import DEFAULT_PRECISIONS, PRECISIONS, SPEC, artifact_stem
+from csfm_edge.spec import DEFAULT_PRECISIONS, PRECISIONS, SPEC, artifact_stem, precision_record
 
 
 @dataclass
@@ -133,17 +136,14 @@ def load_model(size: str | None, checkpoint: Path | None, seed: int | None) -> C
 
 
 def _weights_record(model: CSFM, checkpoint: Path | None, seed: int | None) -> WeightsInfo:
-    if checkpoint is not None:
-        report = model.load_report
-        return WeightsInfo("checkpoint", name=Path(report.path).name, sha256=report.sha256,
-                           keys_loaded=len(report.loaded), keys_ignored=len(report.ignored))
-    return untrained_weights(seed)
+    return checkpoint_weights(model.load_report) if checkpoint is not None else untrained_weights(seed)
 
 
-def _manifest(request: ExportRequest, model: CSFM, precision: str, how: dict, verification: dict,
-              calibration: dict | None) -> Manifest:
+def _manifest(request: ExportRequest, model: CSFM, precision: str, how: dict, verification: VerificationRecord,
+              calibration: CalibrationRecord | None) -> Manifest:
     return Manifest(
-        artifact="onnx", created=now(), precision=precision, precision_detail=how, opset=request.opset,
+        artifact="onnx", created=now(), precision=precision, precision_detail=PrecisionDetail(**how),
+        opset=request.opset,
         model=ModelInfo.of(model.config),
         weights=_weights_record(model, request.checkpoint, request.seed),
         inputs=model_inputs(), outputs=model_outputs(model.config),
@@ -173,11 +173,12 @@ def export(request: ExportRequest) -> list[Path]:
         model = load_model(request.size, request.checkpoint, request.seed)
     if request.checkpoint is not None:
         say(f"[export] {model.load_report.summary()}")
-    reader = _calibration_reader(request) if "int8" in request.precisions else None  # before the long work
+    calibrated = any(precision_record(p).calibrated for p in request.precisions)
+    reader = _calibration_reader(request) if calibrated else None  # before the long work
     cases, data = verification_cases(request.data_dir)
     say(f"[export] verification data: {data}")
     say(f"[export] PyTorch reference on {len(cases)} cases")
-    reference = run_cases(TorchBackend(model), cases, "reference", say)
+    reference = run_cases(reference_backend(model), cases, "reference", say)
     written: list[Path] = []
     with tempfile.TemporaryDirectory(dir=request.out_dir, prefix=f"{STAGING_PREFIX}{os.getpid()}-") as tmp:
         fp32 = Path(tmp) / "traced.onnx"
@@ -192,14 +193,15 @@ def export(request: ExportRequest) -> list[Path]:
                 how = {"tool": exported_by, "note": "float32 throughout"}
             elif precision == "fp16":
                 how = {**to_fp16(fp32, candidate), "exported_by": exported_by}
-            elif precision in CPU_PRECISIONS:
+            elif not precision_record(precision).portable:
                 how = export_cpu(model, precision, candidate, request.opset)
             else:
                 say(f"[export] calibrating INT8 ({request.calibration_method}) on {len(reader)} real windows")
                 how = {**to_int8(fp32, candidate, reader, request.calibration_method, request.int8_keep_float),
                        "exported_by": exported_by}
                 calibration = reader.describe()
-            backend = OnnxRuntimeBackend(candidate, provider="cpu")
+            manifest = _manifest(request, model, precision, how, None, None)
+            backend = open_backend(candidate, manifest, BackendOptions(provider="cpu"))
             result = verify(reference, backend, cases, precision, data, say)
             backend.close()
             if not result.passed:
@@ -207,10 +209,11 @@ def export(request: ExportRequest) -> list[Path]:
                     f"{target.name} misses its tolerance ({result.tolerance.describe()}), not written: "
                     + "; ".join(result.failures()[:4]))
             worst = result.worst()
-            say(f"[export] {precision} verified: max abs {worst['max_abs']:.2e}, "
-                f"min mean cosine {worst['min_mean_cosine']:.6f} ({result.tolerance.describe()})")
-            manifest = embed_manifest(candidate, _manifest(request, model, precision, how, result.to_dict(),
-                                                           calibration if precision == "int8" else None))
+            say(f"[export] {precision} verified: max abs {worst.max_abs:.2e}, "
+                f"min cosine {worst.min_cosine:.6f} ({result.tolerance.describe()})")
+            manifest = embed_manifest(candidate, _manifest(
+                request, model, precision, how, result.record(),
+                calibration if precision_record(precision).calibrated else None))
             os.replace(candidate, target)
             write_manifest(target, manifest)
             written.append(target)

@@ -6,18 +6,22 @@ from pathlib import Path
 
 from csfm_edge.export.verify import Verification, run_cases, verification_cases, verify
 from csfm_edge.progress import console_progress
-from csfm_edge.runtime.backends.torch_ref import TorchBackend
+from csfm_edge.runtime.backends import BackendOptions, open_backend
 from csfm_edge.runtime.manifest import read_manifest
-from csfm_edge.runtime.session import open_backend
 
 
 def reverify(artifact: Path, checkpoint: Path | None, data_dir: Path | None,
-             provider: str | None = None) -> Verification:
+             options: BackendOptions | None = None) -> Verification:
+    """The artifact on ``options``' backend against the PyTorch reference (on the CPU) of the weights its
+    manifest names (``checkpoint`` for a trained one)."""
     manifest = read_manifest(artifact)
-    backend = open_backend(artifact, manifest, provider)  # first: an artifact that cannot run fails fast
+    backend = open_backend(artifact, manifest, options)  # first: an artifact that cannot run fails fast
     try:
         cases, data = verification_cases(data_dir, manifest.profiles)
-        reference = run_cases(TorchBackend.for_manifest(manifest, checkpoint), cases, "reference", console_progress)
-        return verify(reference, backend, cases, manifest.precision, data, console_progress)
+        reference_options = BackendOptions(reference=True, checkpoint=checkpoint)
+        reference = open_backend(artifact, manifest, reference_options)
+        outputs = run_cases(reference, cases, "reference", console_progress)
+        reference.close()
+        return verify(outputs, backend, cases, manifest.precision, data, console_progress)
     finally:
         backend.close()

@@ -1,24 +1,25 @@
 """Verification: run the PyTorch reference and a candidate backend on the same real inputs, compare.
 
-Running is apart from comparing (as in Polygraphy): :func:`compare` is a pure function of two output
-dicts; :func:`verify` runs both backends over the cases and checks the precision's tolerance from
-:data:`csfm_edge.export.spec.SPEC`. The figures go into the artifact's manifest.
+Running is apart from comparing (as in Polygraphy): the comparison is :func:`csfm_edge.metrics.compare`, the
+package's one comparator; :func:`verify` runs the candidate over the cases and checks the tolerance of
+the precision's record (:data:`csfm_edge.spec.PRECISIONS`). The figures go into the artifact's manifest.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from csfm_edge.errors import VerificationError
-from csfm_edge.metrics import cosine_rows
+from csfm_edge.metrics import Comparison, Tolerance, compare
 from csfm_edge.profiles import Profile
 from csfm_edge.recordings.datasets import lead_set_batches, shaped_batch
 from csfm_edge.runtime.backends.base import Backend
-from csfm_edge.spec import SPEC, Tolerance
+from csfm_edge.runtime.manifest import CaseRecord, VerificationRecord, WorstCase
+from csfm_edge.spec import SPEC, precision_record
 
 
 @dataclass(frozen=True)
@@ -31,57 +32,44 @@ class Case:
         return SPEC.feed(self.signal, self.channel_ids)
 
 
-@dataclass(frozen=True)
-class CaseResult:
-    case: str
-    shape: list[int]
-    max_abs: float
-    mean_cosine: float
-    min_cosine: float
-    logits_max_abs: float | None = None
-
-    def within(self, tolerance: Tolerance) -> bool:
-        finite = np.isfinite([self.max_abs, self.min_cosine]).all()
-        ok_abs = tolerance.max_abs is None or self.max_abs <= tolerance.max_abs
-        ok_cos = tolerance.min_cosine is None or self.mean_cosine >= tolerance.min_cosine
-        return bool(finite and ok_abs and ok_cos)
-
-
 @dataclass
 class Verification:
+    """Every case of a candidate against the reference, each compared under the precision's tolerance."""
+
     precision: str
     tolerance: Tolerance
     data: str
-    results: list[CaseResult] = field(default_factory=list)
+    results: list[tuple[CaseRecord, Comparison]] = field(default_factory=list)
 
     @property
     def passed(self) -> bool:
-        return all(r.within(self.tolerance) for r in self.results)
+        return all(comparison.passed for _, comparison in self.results)
 
     def failures(self) -> list[str]:
-        return [f"{r.case}: max abs {r.max_abs:.3g}, mean cosine {r.mean_cosine:.6f}"
-                for r in self.results if not r.within(self.tolerance)]
+        return [f"{record.case}: {comparison.describe()}" for record, comparison in self.results
+                if not comparison.passed]
 
-    def worst(self) -> dict:
-        return {"max_abs": max(r.max_abs for r in self.results),
-                "min_mean_cosine": min(r.mean_cosine for r in self.results)}
+    def worst(self) -> WorstCase:
+        records = [record for record, _ in self.results]
+        return WorstCase(max(r.max_abs for r in records), min(r.mean_cosine for r in records),
+                         min(r.min_cosine for r in records))
 
-    def to_dict(self) -> dict:
-        return {"precision": self.precision, "tolerance": asdict(self.tolerance), "passed": self.passed,
-                "data": self.data, "worst": self.worst(), "cases": [asdict(r) for r in self.results]}
+    def record(self) -> VerificationRecord:
+        """As the manifest keeps it."""
+        return VerificationRecord(self.precision, self.tolerance, self.passed, self.data, self.worst(),
+                                  [record for record, _ in self.results])
 
 
-def compare(name: str, shape: tuple[int, ...], reference: dict[str, np.ndarray],
-            candidate: dict[str, np.ndarray]) -> CaseResult:
-    """Features (and logits when both have them): max abs error and per-sample cosine. NaN fails."""
-    ref, got = reference[SPEC.features], candidate[SPEC.features]
-    if ref.shape != got.shape:
-        return CaseResult(name, list(shape), float("inf"), float("-inf"), float("-inf"))
-    cos = cosine_rows(ref, got)
+def compare_case(name: str, shape: tuple[int, ...], reference: dict[str, np.ndarray],
+                 candidate: dict[str, np.ndarray], tolerance: Tolerance) -> tuple[CaseRecord, Comparison]:
+    """Features under the tolerance (:func:`csfm_edge.metrics.compare`), and the logits' max abs error
+    where both have logits."""
+    comparison = compare(reference[SPEC.features], candidate[SPEC.features], tolerance)
     logits = None
     if SPEC.logits in reference and SPEC.logits in candidate:
         logits = float(np.abs(reference[SPEC.logits] - candidate[SPEC.logits]).max())
-    return CaseResult(name, list(shape), float(np.abs(ref - got).max()), float(cos.mean()), float(cos.min()), logits)
+    return CaseRecord(name, list(shape), comparison.max_abs, comparison.mean_cosine, comparison.min_cosine,
+                      logits), comparison
 
 
 def verification_cases(data_dir: Path | None, profiles: list[Profile] | None = None) -> tuple[list[Case], str]:
@@ -117,8 +105,8 @@ def run_cases(backend: Backend, cases: list[Case], label: str = "",
 def verify(reference_outputs: list[dict[str, np.ndarray]], candidate: Backend, cases: list[Case],
            precision: str, data: str, progress: Callable[[str], None] | None = None) -> Verification:
     """Run ``candidate`` over the cases and compare with the reference's outputs under the tolerance."""
-    result = Verification(precision, SPEC.tolerances[precision], data)
+    result = Verification(precision, precision_record(precision).tolerance, data)
     candidate_outputs = run_cases(candidate, cases, f"verify {precision}", progress)
     for case, ref, got in zip(cases, reference_outputs, candidate_outputs):
-        result.results.append(compare(case.name, case.signal.shape, ref, got))
+        result.results.append(compare_case(case.name, case.signal.shape, ref, got, result.tolerance))
     return result

@@ -26,8 +26,9 @@ from csfm_edge import __version__
 from csfm_edge.errors import CsfmError, InputFileError
 from csfm_edge.fileio import sha256_of, write_atomically
 from csfm_edge.recordings.readers import READABLE_SUFFIXES, Recording, read_recording
+from csfm_edge.runtime.backends import BackendOptions
 from csfm_edge.runtime.preprocess import segment_plan
-from csfm_edge.runtime.session import EmbedResult, Prepared, Session
+from csfm_edge.runtime.session import MAX_WINDOWS, EmbedResult, Prepared, Session
 
 PARTS_SUFFIX = ".parts"
 
@@ -59,8 +60,8 @@ class BatchRequest:
     lead_map: Mapping[str, str] | None = None
     hop_s: float = 10.0
     strict: bool = False
-    max_windows: int = 20_000
-    provider: str | None = None
+    max_windows: int = MAX_WINDOWS
+    options: BackendOptions = field(default_factory=BackendOptions)
     resume: bool = False
     workers: int = 2
     progress: bool = True
@@ -134,7 +135,7 @@ def run_batch(request: BatchRequest, session: Session | None = None) -> BatchSum
             raise CsfmError(f"{parts} holds an interrupted run: pass --resume to continue it, or remove it")
         done = {p.name for p in parts.glob("*.parquet")}
     own_session = session is None
-    session = session or Session.open(request.artifact, provider=request.provider)
+    session = session or Session.open(request.artifact, request.options)
     # the manifest's sha256 was just checked against the file when the session opened it: no second hash
     artifact_sha256 = session.manifest.file.sha256 if session.manifest.file else sha256_of(request.artifact)
     try:

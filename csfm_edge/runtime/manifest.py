@@ -19,11 +19,12 @@ from pathlib import Path
 from typing import Any, Union
 
 from csfm_edge.config import CSFMConfig, matching_size
-from csfm_edge.errors import ArtifactError
+from csfm_edge.errors import ArtifactError, CsfmError
 from csfm_edge.fileio import sha256_of, write_atomically
+from csfm_edge.metrics import Tolerance
 from csfm_edge.profiles import Profile
-from csfm_edge.runtime.preprocess import preprocessing_parameters
-from csfm_edge.spec import SPEC
+from csfm_edge.runtime.preprocess import DEFAULT_PPG_ORDER, preprocessing_parameters
+from csfm_edge.spec import SPEC, Precision, precision_record
 
 MANIFEST_VERSION = 2
 
@@ -152,6 +153,73 @@ class SourceOnnx:
 
 
 @dataclass(frozen=True)
+class PrecisionDetail:
+    """How the exporter made the graph of this precision (the tool, and what it kept in float)."""
+
+    tool: str
+    note: str | None = None
+    exported_by: str | None = None
+    io_types: str | None = None
+    kept_fp32_ops: list[str] | None = None
+    calibration_method: str | None = None
+    percentile: float | None = None
+    activations: str | None = None
+    weights: str | None = None
+    quantized_ops: list[str] | None = None
+    float_ops: list[str] | None = None
+    float_matmuls: dict[str, Any] | None = None
+    runtime: str | None = None
+    attention: str | None = None
+    quantization: str | None = None
+
+
+@dataclass(frozen=True)
+class CaseRecord:
+    """One verification case: its shape and how far the artifact's outputs were from the reference."""
+
+    case: str
+    shape: list[int]
+    max_abs: float
+    mean_cosine: float
+    min_cosine: float
+    logits_max_abs: float | None = None
+
+
+@dataclass(frozen=True)
+class WorstCase:
+    max_abs: float
+    min_mean_cosine: float
+    min_cosine: float | None = None  # worst single window (manifests before this field: absent)
+
+
+@dataclass(frozen=True)
+class VerificationRecord:
+    """The artifact against the PyTorch reference on real recordings, case by case, under its tolerance."""
+
+    precision: str
+    tolerance: Tolerance
+    passed: bool
+    data: str
+    worst: WorstCase
+    cases: list[CaseRecord]
+
+
+@dataclass(frozen=True)
+class LeadSetWindows:
+    windows: int
+    source: str
+
+
+@dataclass(frozen=True)
+class CalibrationRecord:
+    """The real windows INT8 ranges were calibrated on: how many, from which lead sets and files."""
+
+    windows: int
+    lead_sets: dict[str, LeadSetWindows]
+    files_sha256: dict[str, str]
+
+
+@dataclass(frozen=True)
 class Manifest:
     """What an artifact is: model, weights, precision and how it was made, tensors, preprocessing, checks."""
 
@@ -163,12 +231,12 @@ class Manifest:
     outputs: dict[str, TensorInfo]
     preprocessing: PreprocessingInfo
     created: str = ""
-    precision_detail: dict[str, Any] = field(default_factory=dict)
+    precision_detail: PrecisionDetail | None = None
     opset: int | None = None
     channel_ids: dict[str, int] = field(default_factory=dict)
     tools: dict[str, str] = field(default_factory=dict)
-    calibration: dict[str, Any] | None = None
-    verification: dict[str, Any] | None = None
+    calibration: CalibrationRecord | None = None
+    verification: VerificationRecord | None = None
     tensorrt: TensorRTInfo | None = None
     gpu: GpuRecord | None = None
     profiles: list[Profile] | None = None
@@ -186,6 +254,14 @@ class Manifest:
     @property
     def has_head(self) -> bool:
         return SPEC.logits in self.outputs
+
+    @property
+    def precision_record(self) -> Precision:
+        """What this precision is (portable or not, tolerance, TensorRT flags, OpenVINO hint)."""
+        try:
+            return precision_record(self.precision)
+        except CsfmError as exc:
+            raise ArtifactError(f"manifest: {exc}") from None
 
     def to_dict(self) -> dict:
         return _to_json(self)
@@ -229,6 +305,20 @@ def model_inputs() -> dict[str, TensorInfo]:
 def preprocessing_record(ppg_order: int) -> PreprocessingInfo:
     """This package's preprocessing with the given PPG filter order, as a manifest records it."""
     return PreprocessingInfo(**preprocessing_parameters(ppg_order))
+
+
+def checkpoint_weights(report) -> WeightsInfo:
+    """The weights record of a loaded checkpoint (its :class:`~csfm_edge.model.checkpoint.LoadReport`)."""
+    return WeightsInfo("checkpoint", name=Path(report.path).name, sha256=report.sha256,
+                       keys_loaded=len(report.loaded), keys_ignored=len(report.ignored))
+
+
+def graph_manifest(config: CSFMConfig, precision: str, weights: WeightsInfo, artifact: str = "onnx") -> Manifest:
+    """What a manifest says of a model's graph (or checkpoint) that has no manifest of its own yet: export's
+    candidates before verification, benchmark graphs, checkpoints run directly."""
+    return Manifest(artifact=artifact, precision=precision, model=ModelInfo.of(config), weights=weights,
+                    inputs=model_inputs(), outputs=model_outputs(config),
+                    preprocessing=preprocessing_record(DEFAULT_PPG_ORDER))
 
 
 def now() -> str:
@@ -422,10 +512,12 @@ def describe_manifest(manifest: Manifest) -> str:
             for p in manifest.profiles or []))
     verification = manifest.verification
     if verification:
-        worst = verification["worst"]
-        lines.append(f"verified    {'PASS' if verification['passed'] else 'FAIL'} on {len(verification['cases'])} "
-                     f"cases: max abs {worst['max_abs']:.2e}, min mean cosine {worst['min_mean_cosine']:.6f}")
+        worst = verification.worst
+        cosine = f"min cosine {worst.min_cosine:.6f}" if worst.min_cosine is not None \
+            else f"min mean cosine {worst.min_mean_cosine:.6f}"
+        lines.append(f"verified    {'PASS' if verification.passed else 'FAIL'} on {len(verification.cases)} "
+                     f"cases: max abs {worst.max_abs:.2e}, {cosine}")
     if manifest.calibration:
-        lines.append(f"calibrated  {manifest.precision_detail.get('calibration_method')} on "
-                     f"{manifest.calibration['windows']} real windows")
+        method = manifest.precision_detail.calibration_method if manifest.precision_detail else None
+        lines.append(f"calibrated  {method} on {manifest.calibration.windows} real windows")
     return "\n".join(lines)

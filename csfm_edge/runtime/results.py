@@ -9,13 +9,14 @@ from pathlib import Path
 import numpy as np
 
 from csfm_edge.fileio import write_atomically
-from csfm_edge.metrics import deviation
+from csfm_edge.metrics import Comparison, Tolerance, compare
 from csfm_edge.runtime.session import EmbedResult
 
 
-def compare_results(reference: EmbedResult, candidate: EmbedResult) -> dict:
-    """Max abs difference and per-window cosine of the features of two runs over the same windows."""
-    return deviation(reference.features, candidate.features)
+def compare_results(reference: EmbedResult, candidate: EmbedResult, tolerance: Tolerance | None = None) -> Comparison:
+    """The features of two runs over the same windows, compared (windows unscored in both left out)."""
+    scored = ~(np.isnan(reference.features).all(axis=1) & np.isnan(candidate.features).all(axis=1))
+    return compare(reference.features[scored], candidate.features[scored], tolerance)
 
 
 def write_results(path: Path, result: EmbedResult, info: dict) -> None:

@@ -30,6 +30,7 @@ from csfm_edge.errors import (
 )
 from csfm_edge.leads import PPG_ID, lead_names, resolve_leads
 from csfm_edge.profiles import probe_shape
+from csfm_edge.runtime.backends import BackendOptions, is_checkpoint, open_backend
 from csfm_edge.runtime.backends.base import Backend
 from csfm_edge.runtime.manifest import Manifest, PreprocessingInfo, preprocessing_record, read_manifest
 from csfm_edge.runtime.preprocess import (
@@ -44,7 +45,6 @@ from csfm_edge.runtime.preprocess import (
 )
 from csfm_edge.spec import SPEC, check_window_length
 
-CHECKPOINT_SUFFIXES = (".pt", ".pth", ".ckpt", ".bin")
 SHORT_RECORD_S = 5.0  # below this a window is mostly zero padding: warn
 PROBE_LEADS = tuple(range(12)) + (PPG_ID,)  # the probe uses the first channels of the table
 # run() warns when a channel's mean or spread is this far from a z-scored window's (0 and 1): raw
@@ -54,32 +54,6 @@ ZSCORED_MEAN_MAX = 0.5
 # are 2.4 GB. A 24-h record at the default 10-s hop makes 8,640.
 MAX_WINDOWS = 20_000
 ZSCORED_STD_RATIO = 2.0
-
-
-def open_backend(artifact: Path, manifest: Manifest, provider: str | None = None) -> Backend:
-    """``.onnx`` -> ONNX Runtime or OpenVINO, ``.plan`` -> TensorRT.
-
-    For ``.onnx`` with no ``provider``: ONNX Runtime's GPU providers where present, else OpenVINO where
-    installed and the graph is a portable one (the fastest CPU path measured), else ONNX Runtime's CPU
-    provider. ``provider="openvino"`` or an ONNX Runtime provider name (cpu, cuda, tensorrt) picks one.
-    Output names always come from the manifest, never from a backend's renaming.
-    """
-    suffix = artifact.suffix.lower()
-    if suffix == ".onnx":
-        from csfm_edge.runtime.backends.onnxruntime import OnnxRuntimeBackend, choose_providers
-        from csfm_edge.runtime.backends.openvino import OpenVINOBackend, openvino_available
-
-        portable = not manifest.precision.startswith("cpu-")
-        if provider is None and choose_providers()[0] == "CPUExecutionProvider" and portable and openvino_available():
-            provider = "openvino"
-        if provider is not None and provider.lower() == "openvino":
-            return OpenVINOBackend(artifact, manifest.precision, manifest.output_names)
-        return OnnxRuntimeBackend(artifact, provider)
-    if suffix in (".plan", ".engine"):
-        from csfm_edge.runtime.backends.tensorrt import TensorRTBackend
-
-        return TensorRTBackend(artifact, manifest)
-    raise ArtifactError(f"{artifact.name}: unknown artifact type {suffix!r} (expected .onnx or .plan)")
 
 
 def check_preprocessing(recorded: PreprocessingInfo) -> int:
@@ -218,24 +192,23 @@ class Session:
         self.model = manifest.model
         self.precision = manifest.precision
         self.ppg_order = check_preprocessing(manifest.preprocessing)
-        self.has_head = manifest.has_head
         self._check_outputs()
 
     @classmethod
-    def open(cls, artifact: str | Path, *, provider: str | None = None, reference: bool = False,
-             checkpoint: str | Path | None = None) -> Session:
-        """Open ``artifact`` (``.onnx``, ``.plan`` or a checkpoint); ``reference`` runs its PyTorch weights."""
+    def open(cls, artifact: str | Path, options: BackendOptions | None = None, *, provider: str | None = None,
+             reference: bool = False, checkpoint: str | Path | None = None) -> Session:
+        """Open ``artifact`` (``.onnx``, ``.plan`` or a checkpoint) with ``options``; ``provider``,
+        ``reference`` (run its PyTorch weights) and ``checkpoint`` are shorthands for those options."""
         artifact = Path(artifact)
-        if artifact.suffix.lower() in CHECKPOINT_SUFFIXES:
+        if options is None:
+            options = BackendOptions(provider=provider, reference=reference,
+                                     checkpoint=Path(checkpoint) if checkpoint else None)
+        if is_checkpoint(artifact):
             from csfm_edge.runtime.backends.torch_ref import open_checkpoint
 
-            return cls(*open_checkpoint(artifact))
+            return cls(*open_checkpoint(artifact, options))
         manifest = read_manifest(artifact)
-        if reference:
-            from csfm_edge.runtime.backends.torch_ref import TorchBackend
-
-            return cls(TorchBackend.for_manifest(manifest, checkpoint), manifest)
-        return cls(open_backend(artifact, manifest, provider), manifest)
+        return cls(open_backend(artifact, manifest, options), manifest)
 
     def _check_outputs(self) -> None:
         """One probe inference: the artifact's output widths must be what its manifest claims."""

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from types import ModuleType
 
 from csfm_edge.errors import BackendUnavailableError
+from csfm_edge.spec import precision_record
 
 FULL, RTX = "tensorrt", "tensorrt_rtx"
 MODULES = {FULL: "tensorrt", RTX: "tensorrt_rtx_bindings"}
@@ -74,14 +75,13 @@ class TensorRT:
         """TensorRT releases without strong typing need builder flags for reduced precision."""
         if self.network_flags():
             return
-        names = {"fp16": ("FP16",), "int8": ("INT8", "FP16")}.get(precision, ())
-        for name in names:
+        for name in precision_record(precision).tensorrt_flags:
             config.set_flag(getattr(self.module.BuilderFlag, name))
 
     def allow_tf32(self, config, precision: str) -> bool:
         """TF32 (on by default on Ampere and later) rounds FP32 matrix products to a 10-bit mantissa, which the
         FP32 tolerance (1e-4) does not allow: off for FP32 engines, on for the others. Returns the setting."""
-        allowed = precision not in ("fp32", "cpu-fp32")
+        allowed = precision_record(precision).tf32
         if not allowed:
             config.clear_flag(self.module.BuilderFlag.TF32)
         return allowed

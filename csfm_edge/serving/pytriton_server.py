@@ -20,7 +20,9 @@ import numpy as np
 from csfm_edge.config import WINDOW_SAMPLES
 from csfm_edge.errors import BackendUnavailableError
 from csfm_edge.leads import lead_set
+from csfm_edge.runtime.backends import BackendOptions
 from csfm_edge.runtime.session import Session
+from csfm_edge.serving import MAX_BATCH, MAX_QUEUE_DELAY_US
 from csfm_edge.serving.requests import score_requests
 from csfm_edge.serving.triton_repo import model_name
 from csfm_edge.spec import SPEC
@@ -31,9 +33,9 @@ class ServeRequest:
     artifact: Path
     lead_sets: list[str] = field(default_factory=lambda: ["ii+ppg", "12lead"])
     http_port: int = 8000
-    max_batch: int = 64
-    max_queue_delay_us: int = 2000
-    provider: str | None = None
+    max_batch: int = MAX_BATCH
+    max_queue_delay_us: int = MAX_QUEUE_DELAY_US
+    options: BackendOptions = field(default_factory=BackendOptions)
     host: str = "127.0.0.1"
 
 
@@ -92,7 +94,7 @@ def start(request: ServeRequest, workspace: Path | None = None):
                                       "own environment, see the README)") from None
     lead_sets = {name: np.asarray(lead_set(name), dtype=np.int64) for name in request.lead_sets}
     _python_libdir_first()
-    session = Session.open(request.artifact, provider=request.provider)
+    session = Session.open(request.artifact, request.options)
     log = BatchLog()
     config = TritonConfig(http_address=request.host, http_port=request.http_port, grpc_address=request.host,
                           grpc_port=request.http_port + 1, metrics_port=request.http_port + 2)

@@ -24,6 +24,7 @@ from csfm_edge.fileio import write_atomically
 from csfm_edge.leads import lead_names, lead_set
 from csfm_edge.profiles import Profile
 from csfm_edge.runtime.manifest import Manifest, TensorInfo, read_manifest, write_manifest
+from csfm_edge.serving import MAX_BATCH, MAX_QUEUE_DELAY_US
 from csfm_edge.spec import SPEC, AxisRange
 
 PLATFORMS = ("onnxruntime_onnx", "tensorrt_plan", "python")
@@ -36,8 +37,8 @@ class TritonRepoRequest:
     out: Path
     lead_sets: list[str] = field(default_factory=lambda: ["ii+ppg", "12lead"])
     platform: str = "onnxruntime_onnx"
-    max_batch: int = 64
-    max_queue_delay_us: int = 1000
+    max_batch: int = MAX_BATCH
+    max_queue_delay_us: int = MAX_QUEUE_DELAY_US
     instances: int = 1
     kind: str | None = None  # default: KIND_GPU, but KIND_CPU for python (its Session picks its own device)
     preprocess: bool = False
@@ -139,7 +140,7 @@ def write_repository(request: TritonRepoRequest) -> list[Path]:
             raise ArtifactError(f"{artifact.name}: pass the exported .onnx; Triton models fold the lead set into "
                                 "the graph, and TensorRT plans are built from that folded graph on the server")
         manifests[artifact] = read_manifest(artifact)
-        if manifests[artifact].precision.startswith("cpu-") and request.platform == "tensorrt_plan":
+        if not manifests[artifact].precision_record.portable and request.platform == "tensorrt_plan":
             raise ArtifactError(f"{artifact.name} is an ONNX Runtime CPU graph; TensorRT needs a portable one")
     if request.out.exists() and any(request.out.iterdir()) and not request.force:
         raise CsfmError(f"{request.out} is not empty: pass --force to write into it")
@@ -160,7 +161,8 @@ def write_repository(request: TritonRepoRequest) -> list[Path]:
                 write_manifest(source, dataclasses.replace(manifest, graph_sha256=None, inputs={
                     SPEC.signal: TensorInfo("float32", ["batch", len(ids), WINDOW_SAMPLES])}))
                 profile = Profile("triton", AxisRange(1, min(8, request.max_batch), request.max_batch),
-                                  AxisRange(len(ids), len(ids), len(ids)), AxisRange(2500, 2500, 2500))
+                                  AxisRange(len(ids), len(ids), len(ids)),
+                                  AxisRange(WINDOW_SAMPLES, WINDOW_SAMPLES, WINDOW_SAMPLES))
                 write_atomically(folder / "BUILD.txt", (
                     "Build the engine on the serving GPU (same TensorRT as the Triton server), e.g. inside the NGC "
                     f"container:\n  csfm-edge build {name}/source.onnx --profile {_profile_flag(profile)} "
@@ -184,7 +186,7 @@ def _copy_artifact(artifact: Path, manifest: Manifest, target: Path) -> None:
 
 def _profile_flag(profile: Profile) -> str:
     b, c = profile.batch, profile.channels
-    return f"triton:batch={b.min},{b.opt},{b.max}:channels={c.min}:time=2500"
+    return f"triton:batch={b.min},{b.opt},{b.max}:channels={c.min}:time={WINDOW_SAMPLES}"
 
 
 def _write_ensemble(request: TritonRepoRequest, name: str, ids: np.ndarray, manifest: Manifest) -> list[Path]:

@@ -13,7 +13,14 @@ import numpy as np
 
 @runtime_checkable
 class Backend(Protocol):
+    """Every backend is opened by :func:`csfm_edge.runtime.backends.open_backend` from
+    ``(path, manifest, options)`` and declares what it can do, so no caller probes or guesses:
+    ``on_gpu`` (it computes on an NVIDIA GPU) and ``device_timing`` (it has ``execute_only()`` and
+    ``gpu_compute_ms()``: device time without host copies, between CUDA events)."""
+
     name: str  # e.g. "onnxruntime", "tensorrt", "torch"
+    on_gpu: bool
+    device_timing: bool
 
     def describe(self) -> dict:
         """What runs: provider or device, library versions."""

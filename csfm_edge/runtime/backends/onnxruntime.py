@@ -8,9 +8,12 @@ import numpy as np
 import onnxruntime as ort
 
 from csfm_edge.errors import BackendUnavailableError
+from csfm_edge.runtime.backends.options import BackendOptions
+from csfm_edge.runtime.manifest import Manifest
 
 # Best first. The TensorRT provider builds its own engine from the ONNX file on first use.
 PREFERRED_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")
+GPU_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider")
 PROVIDER_ALIASES = {"tensorrt": "TensorrtExecutionProvider", "trt": "TensorrtExecutionProvider",
                     "cuda": "CUDAExecutionProvider", "cpu": "CPUExecutionProvider"}
 
@@ -27,19 +30,36 @@ def choose_providers(requested: str | None = None) -> list[str]:
     return [name] if name == "CPUExecutionProvider" else [name, "CPUExecutionProvider"]
 
 
+def provider_list(names: list[str], device_id: int) -> list:
+    """Providers with their options: the GPU ones on ``device_id``."""
+    return [(name, {"device_id": device_id}) if name in GPU_PROVIDERS else name for name in names]
+
+
 class OnnxRuntimeBackend:
-    """``run(feed)`` over an ``onnxruntime.InferenceSession`` (whose ``run`` is safe from several threads)."""
+    """``run(feed)`` over an ``onnxruntime.InferenceSession`` (whose ``run`` is safe from several threads).
+
+    A provider that was asked for but did not start (ONNX Runtime then falls back to the CPU with only a
+    warning, e.g. the CUDA provider without its CUDA libraries) is refused: a request for a GPU never
+    quietly runs on the CPU."""
 
     name = "onnxruntime"
+    device_timing = False
 
-    def __init__(self, path: str | Path, provider: str | None = None, threads: int | None = None):
-        options = ort.SessionOptions()
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        if threads:
-            options.intra_op_num_threads = threads
+    def __init__(self, path: str | Path, manifest: Manifest, options: BackendOptions):
+        session_options = ort.SessionOptions()
+        session_options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        if options.threads:
+            session_options.intra_op_num_threads = options.threads
         self.path = Path(path)
-        self.session = ort.InferenceSession(str(path), sess_options=options, providers=choose_providers(provider))
-        self.output_names = [o.name for o in self.session.get_outputs()]
+        providers = choose_providers(options.provider)
+        self.session = ort.InferenceSession(str(path), sess_options=session_options,
+                                            providers=provider_list(providers, options.device_id))
+        started = self.session.get_providers()[0]
+        if options.provider is not None and started != providers[0]:
+            raise BackendUnavailableError(f"ONNX Runtime could not start {providers[0]} for {self.path.name} (it "
+                                          f"fell back to {started}); check its CUDA/TensorRT libraries")
+        self.on_gpu = started in GPU_PROVIDERS
+        self.output_names = list(manifest.output_names)
         self.input_names = [i.name for i in self.session.get_inputs()]
 
     def describe(self) -> dict:

@@ -14,7 +14,12 @@ from pathlib import Path
 import numpy as np
 
 from csfm_edge.errors import BackendUnavailableError
+from csfm_edge.runtime.backends.options import BackendOptions
+from csfm_edge.runtime.manifest import Manifest
 from csfm_edge.spec import SPEC
+
+# OpenVINO's inference precision hints and the CPU capability each needs.
+UNITS = {"f32": "FP32", "bf16": "BF16", "f16": "FP16"}
 
 
 def openvino_available() -> bool:
@@ -34,8 +39,10 @@ class OpenVINOBackend:
     """
 
     name = "openvino"
+    on_gpu = False
+    device_timing = False
 
-    def __init__(self, path: str | Path, precision: str, output_names: list[str], threads: int | None = None):
+    def __init__(self, path: str | Path, manifest: Manifest, options: BackendOptions):
         try:
             import openvino as ov
         except ImportError:
@@ -44,12 +51,21 @@ class OpenVINOBackend:
         self.ov = ov
         self.path = Path(path)
         core = ov.Core()
-        bf16 = "BF16" in core.get_property("CPU", "OPTIMIZATION_CAPABILITIES")
-        self.inference_precision = "bf16" if precision in ("fp16", "int8") and bf16 else "f32"
+        record = manifest.precision_record
+        if not record.portable:
+            raise BackendUnavailableError(f"{self.path.name} is a {record.name} graph ({record.made_by}): "
+                                          "ONNX Runtime only, not OpenVINO")
+        capabilities = core.get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+        self.inference_precision = options.inference_precision or (
+            record.openvino_hint if UNITS[record.openvino_hint] in capabilities else "f32")
+        if self.inference_precision != "f32" and UNITS[self.inference_precision] not in capabilities:
+            raise BackendUnavailableError(f"this CPU has no {self.inference_precision} units for OpenVINO "
+                                          f"(it has {', '.join(capabilities)})")
         config = {"INFERENCE_PRECISION_HINT": self.inference_precision, "PERFORMANCE_HINT": "LATENCY"}
-        if threads:
-            config["INFERENCE_NUM_THREADS"] = threads
+        if options.threads:
+            config["INFERENCE_NUM_THREADS"] = options.threads
         self.model = core.compile_model(str(path), "CPU", config)
+        output_names = manifest.output_names
         if len(self.model.outputs) != len(output_names):
             raise BackendUnavailableError(f"{self.path.name} has {len(self.model.outputs)} outputs in OpenVINO, its "
                                           f"manifest names {len(output_names)}: {', '.join(output_names)}")

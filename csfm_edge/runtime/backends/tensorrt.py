@@ -15,6 +15,7 @@ import numpy as np
 
 from csfm_edge.errors import ArtifactError, BackendUnavailableError
 from csfm_edge.profiles import Profile, select_profile
+from csfm_edge.runtime.backends.options import BackendOptions
 from csfm_edge.runtime.cuda import GpuInfo, cuda_api, host_array
 from csfm_edge.runtime.manifest import Manifest
 from csfm_edge.runtime.tensorrt_lib import RTX, load_tensorrt
@@ -129,8 +130,11 @@ class TensorRTBackend:
     """``run(feed)`` through ``execute_async_v3``; optional CUDA-graph replay for repeated shapes."""
 
     name = "tensorrt"
+    on_gpu = True
+    device_timing = True  # gpu_compute_ms and execute_only: GPU time without the host copies
 
-    def __init__(self, plan: Path, manifest: Manifest, use_cuda_graph: bool = False):
+    def __init__(self, plan: Path, manifest: Manifest, options: BackendOptions):
+        use_cuda_graph = options.cuda_graph
         engine_profiles(manifest)  # a plan's manifest must say how and for what it was built
         self.trt = load_tensorrt(manifest.tensorrt.library)
         self.cuda = cuda_api()

@@ -11,8 +11,8 @@ from pathlib import Path
 import numpy as np
 
 from csfm_edge.errors import BackendUnavailableError
-from csfm_edge.runtime.manifest import Manifest, ModelInfo, WeightsInfo, model_outputs, preprocessing_record
-from csfm_edge.runtime.preprocess import DEFAULT_PPG_ORDER
+from csfm_edge.runtime.backends.options import BackendOptions
+from csfm_edge.runtime.manifest import Manifest, checkpoint_weights, graph_manifest
 from csfm_edge.spec import SPEC
 
 
@@ -25,26 +25,38 @@ def _torch():
 
 
 class TorchBackend:
-    """Runs a :class:`csfm_edge.model.CSFM` in eval mode on the CPU: float32, or with ``bf16_autocast``
-    (the fastest plain-PyTorch path together with a model built with fused attention)."""
+    """Runs a :class:`csfm_edge.model.CSFM` in eval mode on the CPU: float32, or with ``autocast="bf16"``
+    (the fastest plain-PyTorch path together with a model built with fused attention).
+
+    Opened from ``(path, manifest, options)`` like every backend: the weights the manifest names (the
+    same seed, or ``options.checkpoint``), or the checkpoint ``path`` itself when given ``model`` already
+    loaded from it."""
 
     name = "torch"
+    on_gpu = False
+    device_timing = False
 
-    def __init__(self, model, bf16_autocast: bool = False):
+    def __init__(self, path: Path | None, manifest: Manifest | None, options: BackendOptions, *, model=None):
         self._torch = _torch()
+        if options.provider not in (None, "cpu"):
+            raise BackendUnavailableError(f"the PyTorch reference runs on the CPU here, not on provider "
+                                          f"{options.provider!r}")
+        if model is None:
+            from csfm_edge.model import rebuild_weights
+
+            weights = manifest.weights
+            model = rebuild_weights(manifest.model.config(), weights.source, seed=weights.seed, sha256=weights.sha256,
+                                    name=weights.name, checkpoint=options.checkpoint)
         self.model = model.eval()
-        self.bf16_autocast = bf16_autocast
+        self.bf16_autocast = options.autocast == "bf16"
+        if options.autocast not in (None, "bf16"):
+            raise BackendUnavailableError(f"{options.autocast} autocast needs the PyTorch reference on CUDA")
         self._lock = threading.Lock()  # one forward at a time: results equal sequential ones
 
     @classmethod
-    def for_manifest(cls, manifest: Manifest, checkpoint: str | Path | None = None) -> TorchBackend:
-        """The PyTorch reference for the weights a manifest names (the same seed or checkpoint)."""
-        _torch()
-        from csfm_edge.model import rebuild_weights
-
-        weights = manifest.weights
-        return cls(rebuild_weights(manifest.model.config(), weights.source, seed=weights.seed,
-                                   sha256=weights.sha256, name=weights.name, checkpoint=checkpoint))
+    def of_model(cls, model, options: BackendOptions) -> TorchBackend:
+        """Over a model already in memory (export verification, plain-PyTorch baselines)."""
+        return cls(None, None, options, model=model)
 
     def describe(self) -> dict:
         core = self.model.transformer.layers[0][0].core.__name__.replace("_", " ")
@@ -67,17 +79,11 @@ class TorchBackend:
         self.model = None
 
 
-def open_checkpoint(path: Path) -> tuple[TorchBackend, Manifest]:
+def open_checkpoint(path: Path, options: BackendOptions) -> tuple[TorchBackend, Manifest]:
     """A checkpoint run directly, with what a manifest would say of it."""
     _torch()
     from csfm_edge.model import load_checkpoint
 
     model = load_checkpoint(path)
-    report = model.load_report
-    manifest = Manifest(
-        artifact="checkpoint", precision="fp32", model=ModelInfo.of(model.config),
-        weights=WeightsInfo("checkpoint", name=Path(report.path).name, sha256=report.sha256,
-                            keys_loaded=len(report.loaded), keys_ignored=len(report.ignored)),
-        inputs={}, outputs=model_outputs(model.config),
-        preprocessing=preprocessing_record(DEFAULT_PPG_ORDER))
-    return TorchBackend(model), manifest
+    manifest = graph_manifest(model.config, "fp32", checkpoint_weights(model.load_report), artifact="checkpoint")
+    return TorchBackend(path, manifest, options, model=model), manifest
