@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from csfm_edge.environment import package_versions
-from csfm_edge.errors import CsfmError
+from csfm_edge.errors import CsfmError, InputFileError
 from csfm_edge.runtime.backends import PROVIDERS
 from csfm_edge.runtime.session import MAX_WINDOWS
 from csfm_edge.serving import MAX_BATCH, MAX_QUEUE_DELAY_US
@@ -86,8 +86,12 @@ def add_batching_flags(p: argparse.ArgumentParser) -> None:
 
 
 def data_dir(args: argparse.Namespace) -> Path | None:
+    """--data, checked before any work (a folder that is not there is an error, never a quiet fallback to the
+    sample), else $CSFM_EDGE_DATA, else None (the ECG shipped with the package)."""
     from csfm_edge.recordings.datasets import default_data_dir
 
+    if args.data is not None and not args.data.is_dir():
+        raise InputFileError(f"--data {args.data} is not a folder of recordings")
     return args.data or default_data_dir()
 
 

@@ -72,3 +72,13 @@ def head_artifacts(tmp_path_factory, data_dir) -> tuple[dict[str, Path], Path]:
     paths = export(ExportRequest(size="tiny", out_dir=folder, checkpoint=checkpoint, precisions=("fp16", "int8"),
                                  data_dir=data_dir, progress=quiet))
     return {p.name.split(".")[1]: p for p in paths}, checkpoint
+
+
+# Tests that export a model (through these fixtures) take minutes on 2 cores: `scripts/test --fast` leaves them out.
+EXPORTING_FIXTURES = {"tiny_artifacts", "head_artifacts", "cpu_artifacts"}
+
+
+def pytest_collection_modifyitems(items) -> None:
+    for item in items:
+        if EXPORTING_FIXTURES & set(item.fixturenames):
+            item.add_marker(pytest.mark.slow)

@@ -24,6 +24,8 @@ from csfm_edge.runtime.backends import BackendOptions, open_backend
 from csfm_edge.runtime.manifest import model_outputs, read_manifest
 from csfm_edge.spec import PRECISIONS, SPEC, Tolerance
 
+pytestmark = pytest.mark.slow  # exports models or starts live servers
+
 
 def test_files_and_manifests(tiny_artifacts):
     assert set(tiny_artifacts) == {"fp32", "fp16", "int8"}

@@ -21,6 +21,8 @@ from csfm_edge.errors import ArtifactError, CsfmError
 from csfm_edge.runtime.manifest import read_manifest
 from csfm_edge.serving.triton_repo import TritonRepoRequest, write_repository
 
+pytestmark = pytest.mark.slow  # exports models or starts live servers
+
 ROOT = Path(__file__).resolve().parents[1]
 TRITON_PYTHON = ROOT / ".venv-triton" / "bin" / "python"
 

@@ -15,9 +15,6 @@ import re
 
 from csfm_edge.config import PATCH_SAMPLES, CSFMConfig
 
-FORMULA = ("2*C*n*25*d + L*(6*N*d*i + 4*N^2*i + 2*N*i*d + 4*N*d*m), N = 1 + C*n, n = T/25, "
-           "i = heads*64, m = MLP width")
-
 
 def window_flops(config: CSFMConfig, channels: int, time: int = 2500) -> int:
     n = time // PATCH_SAMPLES

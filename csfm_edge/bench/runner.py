@@ -23,7 +23,7 @@ from csfm_edge.bench.machine import machine_record
 from csfm_edge.bench.power import PowerSampler
 from csfm_edge.bench.timing import measure
 from csfm_edge.config import SAMPLE_RATE_HZ, CSFMConfig, size_config
-from csfm_edge.errors import CsfmError, LeadError
+from csfm_edge.errors import CsfmError, LeadError, ParameterError
 from csfm_edge.fileio import write_atomically
 from csfm_edge.leads import lead_set, rows_of
 from csfm_edge.metrics import compare
@@ -32,8 +32,8 @@ from csfm_edge.recordings.datasets import LeadSetBatch, lead_set_batches, real_b
 from csfm_edge.runtime.backends import BackendOptions, open_backend, reference_backend
 from csfm_edge.runtime.backends.base import Backend
 from csfm_edge.runtime.manifest import ModelInfo, WeightsInfo, read_manifest
-from csfm_edge.runtime.preprocess import preprocess
-from csfm_edge.spec import SPEC, precision_record
+from csfm_edge.runtime.preprocess import check_positive, preprocess
+from csfm_edge.spec import SPEC, check_window_length, precision_record
 
 TORCH_TARGETS = {"torch": "PyTorch eager fp32 (the authors' way)",
                  "torch-fast": "PyTorch fused attention + bf16 autocast"}
@@ -91,6 +91,20 @@ class BenchConfig:
     options: list[BackendOptions] = field(default_factory=lambda: [BackendOptions()])
     json_out: Path | None = None
     progress: Callable[[str], None] = console_progress
+
+    def __post_init__(self) -> None:
+        """Every setting checked before the machine is measured or anything is timed."""
+        if not self.targets:
+            raise ParameterError("name at least one target to benchmark")
+        for batch in self.batches:
+            check_positive("batch", batch, integer=True)
+        for time_len in self.times:
+            check_window_length(time_len)
+        for name in self.lead_sets:
+            lead_set(name)
+        check_positive("duration", self.duration_s)
+        if self.warmup_s < 0 or not np.isfinite(self.warmup_s):
+            raise ParameterError(f"warm-up must be 0 s or more, got {self.warmup_s!r}")
 
 
 def _raw_windows(data_dir: Path | None, ids: np.ndarray) -> tuple[np.ndarray, float]:

@@ -15,10 +15,11 @@ from pathlib import Path
 import numpy as np
 
 from csfm_edge.config import WINDOW_SAMPLES
-from csfm_edge.errors import CsfmError, InputFileError
-from csfm_edge.leads import PPG_ID, lead_names, resolve_leads, rows_of
+from csfm_edge.errors import CsfmError, InputFileError, ParameterError
+from csfm_edge.leads import NUM_CHANNEL_TYPES, PPG_ID, lead_names, resolve_leads, rows_of
 from csfm_edge.recordings.sample import sample_ecg
 from csfm_edge.runtime.preprocess import sliding_windows
+from csfm_edge.spec import check_window_length
 
 # Verification and calibration use disjoint records and windows, so INT8 is not checked on the
 # very windows it was calibrated on.
@@ -205,8 +206,9 @@ def real_batch(batches: list[LeadSetBatch], ids, batch: int, time: int = WINDOW_
     Each id takes its channel from the batches that have it (any real ECG window for an ECG id no
     batch has), so benchmarks and shape checks run on real signal rather than noise.
     """
-    if not 1 <= time <= WINDOW_SAMPLES:
-        raise ValueError(f"no real window of {time} samples")
+    check_window_length(time)
+    if batch < 1:
+        raise ParameterError(f"a batch holds at least one window, got {batch}")
     by_id: dict[int, list[np.ndarray]] = {}
     for b in batches:
         for c, i in enumerate(b.channel_ids):
@@ -218,7 +220,7 @@ def real_batch(batches: list[LeadSetBatch], ids, batch: int, time: int = WINDOW_
 
 def shaped_batch(batches: list[LeadSetBatch], batch: int, channels: int, time: int) -> tuple[np.ndarray, np.ndarray]:
     """Real windows [batch, channels, time] with ids lead II, II + PPG, the first 12 leads (+ PPG for 13)."""
-    if not 1 <= channels <= 13:
-        raise ValueError(f"no real batch of {channels} channels")
+    if not 1 <= channels <= NUM_CHANNEL_TYPES:
+        raise ParameterError(f"CSFM takes 1 to {NUM_CHANNEL_TYPES} channels, not {channels}")
     ids = {1: [1], 2: [1, PPG_ID]}.get(channels, list(range(min(channels, 12))) + [PPG_ID] * (channels == 13))
     return real_batch(batches, ids, batch, time), np.asarray(ids, dtype=np.int64)

@@ -258,7 +258,7 @@ def filter_record(x: np.ndarray, channel_ids: np.ndarray, ppg_order: int = DEFAU
 def window_offset(samples: int, window: str = "start") -> int:
     """First sample of the 2500-sample window at the start, center or end of a 250 Hz record."""
     if window not in WINDOWS:
-        raise ValueError(f"window must be one of {WINDOWS}, got {window!r}")
+        raise ParameterError(f"window must be one of {', '.join(WINDOWS)}, got {window!r}")
     spare = max(samples - WINDOW_SAMPLES, 0)
     return {"start": 0, "center": spare // 2, "end": spare}[window]
 
