@@ -34,15 +34,20 @@ def no_flags(p: argparse.ArgumentParser) -> None:
 LEAD_SETS_DEFAULT = "ii+ppg,12lead"
 
 
+def add_provider_flag(p, *, several: bool = False, help: str = "") -> None:
+    """--provider: the one declaration of it (several, comma-separated, where a command compares them)."""
+    p.add_argument("--provider", default=None, type=str.lower, metavar="PROVIDER" + ("[,...]" if several else ""),
+                   choices=None if several else PROVIDERS,
+                   help=help or ("cpu, cuda or tensorrt (ONNX Runtime providers; cpu/cuda: the device of the PyTorch "
+                                 "reference for a checkpoint) or openvino; default: the best this machine has"
+                                 + (" (comma-separated: each is timed)" if several else "")))
+
+
 def add_backend_flags(p: argparse.ArgumentParser, *, several: bool = False) -> None:
-    """How an artifact runs: --provider (several, comma-separated, where a command compares them), --threads,
-    --device-id, --cuda-graph. Read back with :func:`backend_options`."""
+    """How an artifact runs: --provider, --threads, --device-id, --cuda-graph. Read back with
+    :func:`backend_options`."""
     group = p.add_argument_group("backend")
-    group.add_argument("--provider", default=None, type=str.lower, metavar="PROVIDER" + ("[,...]" if several else ""),
-                       choices=None if several else PROVIDERS,
-                       help="cpu, cuda or tensorrt (ONNX Runtime providers; cpu/cuda: the device of the PyTorch "
-                            "reference for a checkpoint) or openvino; default: the best this machine has"
-                            + (" (comma-separated: each is timed)" if several else ""))
+    add_provider_flag(group, several=several)
     group.add_argument("--threads", type=int, default=None, help="CPU threads of ONNX Runtime/OpenVINO (default: all)")
     group.add_argument("--device-id", type=int, default=0, help="GPU to run on (default 0)")
     group.add_argument("--cuda-graph", action="store_true", help="TensorRT engines: replay captured CUDA graphs")
@@ -379,8 +384,7 @@ def triton_repo_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--instances", type=int, default=1)
     p.add_argument("--kind", default=None, choices=("KIND_GPU", "KIND_CPU"),
                    help="instance group kind (default KIND_GPU; KIND_CPU for --platform python)")
-    p.add_argument("--provider", default=None, type=str.lower, choices=PROVIDERS,
-                   help="--platform python: the backend its Session opens (default: the best installed)")
+    add_provider_flag(p, help="--platform python: the backend its Session opens (default: the best installed)")
     p.add_argument("--preprocess", action="store_true",
                    help="add a preprocessing ensemble per model (raw signal at any rate in; Python backend)")
 
