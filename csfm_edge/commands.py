@@ -450,7 +450,7 @@ def doctor(args: argparse.Namespace) -> int:
         print(f"power mode  {m['nvpmodel'].splitlines()[0]}")
     print(f"cuda        binding cuda-python {m['cuda_binding_major'] or '-'}; "
           + (f"{gpu['cuda_api']}: {gpu['name']} (compute {gpu['compute_capability']}, {gpu['sm_count']} SMs)"
-             if "missing" not in gpu else f"no GPU: {gpu['missing']}"))
+             if "missing" not in gpu else gpu["missing"]))
     trt = m["tensorrt"]
     print("tensorrt    " + (f"{trt['library']} {trt['version']}" if "missing" not in trt else trt["missing"]))
     for check in report.checks:

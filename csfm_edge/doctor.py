@@ -28,7 +28,7 @@ from csfm_edge.metrics import Comparison, Tolerance, compare
 from csfm_edge.profiles import PRESETS
 from csfm_edge.recordings.datasets import lead_set_batches, shaped_batch
 from csfm_edge.runtime.backends import BackendOptions, open_backend
-from csfm_edge.spec import SPEC
+from csfm_edge.spec import SPEC, precision_record
 
 
 @dataclass
@@ -73,8 +73,36 @@ def machine() -> dict:
         gpu = api.gpu()
         info["gpu"] = {**asdict(gpu), "cuda_api": api.name}
     except CsfmError as exc:
-        info["gpu"] = {"missing": str(exc)}
+        info["gpu"] = {"missing": gpu_missing_reason(info["nvidia_smi"], str(exc))}
     return info
+
+
+def gpu_missing_reason(nvidia_smi: str | None, cuda_error: str) -> str:
+    """Why csfm-edge cannot use a GPU here: none at all, or one nvidia-smi sees that CUDA cannot be used on
+    from Python (no binding, a binding for another driver), which a user fixes differently."""
+    if nvidia_smi:
+        name = nvidia_smi.splitlines()[0].split(",")[0].strip()
+        return f"an NVIDIA GPU is present ({name}) but CUDA is not usable from Python: {cuda_error}"
+    return f"no usable NVIDIA GPU ({cuda_error})"
+
+
+def engine_skip_reason(precision: str, tensorrt: dict, gpu: dict) -> str | None:
+    """Why no native TensorRT engine can be built and run for an artifact of ``precision`` here (from the
+    machine record's ``tensorrt`` and ``gpu`` entries), or None when the engine check can run.
+
+    A GPU without TensorRT (a common data-center image), a ``cpu-*`` graph (ONNX Runtime contrib operators
+    that TensorRT's parser rejects) and a GPU TensorRT for RTX has no target for (Hopper, data-center
+    Blackwell, Jetson) are facts of the machine or the artifact, not failures."""
+    from csfm_edge.runtime.tensorrt_lib import native_build_problem
+
+    if not precision_record(precision).portable:
+        return "ONNX Runtime CPU graph: not a TensorRT artifact"
+    if "missing" in gpu:
+        return gpu["missing"]
+    if "missing" in tensorrt:
+        return tensorrt["missing"] + " (no TensorRT: nothing to build with)"
+    problem = native_build_problem(tensorrt["library"], gpu["compute_capability"])
+    return None if problem is None else problem.split(";")[0]
 
 
 def _check(report: Report, name: str, run: Callable[[], str]) -> None:
@@ -108,7 +136,7 @@ def _run_once(artifact: Path, manifest, options: BackendOptions, feeds: list[dic
         backend.close()
 
 
-def artifact_checks(report: Report, artifact: Path, data_dir: Path | None, gpu: bool) -> None:
+def artifact_checks(report: Report, artifact: Path, data_dir: Path | None) -> None:
     from csfm_edge.runtime.backends.openvino import openvino_available
     from csfm_edge.runtime.manifest import read_manifest
 
@@ -137,29 +165,28 @@ def artifact_checks(report: Report, artifact: Path, data_dir: Path | None, gpu: 
 
     _check(report, f"{name}: onnxruntime", onnxruntime)
     _check(report, f"{name}: openvino", openvino)
-    _check(report, f"{name}: tensorrt build", lambda: _build_check(artifact, manifest, gpu))
-    if gpu:
+    _check(report, f"{name}: tensorrt build", lambda: _build_check(artifact, manifest, report.machine["gpu"]))
+    skip = engine_skip_reason(manifest.precision, report.machine["tensorrt"], report.machine["gpu"])
+    if skip is None:
         _check(report, f"{name}: tensorrt engine", lambda: _engine_checks(artifact, manifest, data_dir))
     else:
-        report.checks.append(Check(f"{name}: tensorrt engine", "skipped", _no_gpu_reason(report)))
+        report.checks.append(Check(f"{name}: tensorrt engine", "skipped", skip))
 
 
-def _no_gpu_reason(report: Report) -> str:
-    return f"no usable NVIDIA GPU ({report.machine['gpu'].get('missing', 'unknown')})"
-
-
-def _build_check(artifact: Path, manifest, gpu: bool) -> str:
+def _build_check(artifact: Path, manifest, gpu_record: dict) -> str:
     from csfm_edge.export.tensorrt_build import BuildRequest, build_engine
+    from csfm_edge.runtime.tensorrt_lib import library_for_target, load_tensorrt, native_build_problem
 
     if not manifest.precision_record.portable:
         raise SkipCheck("ONNX Runtime CPU graph: not a TensorRT artifact")
+    gpu = "missing" not in gpu_record
     target = "native" if gpu else "rtx-sm86"
     try:
-        from csfm_edge.runtime.tensorrt_lib import library_for_target, load_tensorrt
-
-        load_tensorrt(library_for_target(target))
+        trt = load_tensorrt(library_for_target(target))
     except CsfmError as exc:
         raise SkipCheck(str(exc).split(":")[0] + " (no TensorRT: nothing to build with)") from None
+    if gpu and native_build_problem(trt.library, gpu_record["compute_capability"]):
+        gpu, target = False, "rtx-sm86"  # TensorRT for RTX on a GPU it has no target for: prove the graph builds
     with tempfile.TemporaryDirectory() as tmp:
         plan = build_engine(BuildRequest(artifact, Path(tmp) / "doctor.plan", [PRESETS["bedside"]], target,
                                          progress=lambda message: None))
@@ -215,11 +242,11 @@ def run_doctor(artifacts: list[Path], data_dir: Path | None) -> Report:
                                f"{tensorrt['library']} {tensorrt['version']}" if "missing" not in tensorrt
                                else tensorrt["missing"]))
     report.checks.append(Check("gpu", "pass" if gpu else "skipped",
-                               report.machine["gpu"].get("name", "") if gpu else _no_gpu_reason(report)))
+                               report.machine["gpu"].get("name", "") if gpu else report.machine["gpu"]["missing"]))
     for artifact in artifacts:
         _check(report, f"{artifact.name}: manifest", lambda a=artifact: _manifest_check(a))
         if report.checks[-1].status == "pass":
-            artifact_checks(report, artifact, data_dir, gpu)
+            artifact_checks(report, artifact, data_dir)
     return report
 
 

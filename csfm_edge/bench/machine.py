@@ -12,6 +12,7 @@ import numpy as np
 
 from csfm_edge import __version__
 from csfm_edge.environment import installed_versions
+from csfm_edge.errors import CsfmError
 from csfm_edge.runtime.cuda import jetson_module
 
 
@@ -34,15 +35,49 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
+GPU_FIELDS = "name,memory.total,driver_version,compute_cap,clocks.max.sm,clocks.sm,power.limit,pci.bus_id"
+GPU_KEYS = ["name", "memory_mib", "driver", "compute_capability", "max_sm_clock_mhz", "sm_clock_mhz",
+            "power_limit_w", "pci_bus_id"]
+
+
+def smi_device_id(pci_bus_id: str | None, visible: str | None) -> str | None:
+    """``nvidia-smi --id`` for the GPU CUDA computes on: its PCI bus id where the CUDA layer gives one, else
+    the first ``CUDA_VISIBLE_DEVICES`` entry that nvidia-smi understands (a ``GPU-`` UUID; an index only
+    when it is the sole one, since CUDA orders fastest first and nvidia-smi by PCI bus); None when
+    unknown. nvidia-smi's first GPU is not CUDA's device 0 under either rule."""
+    if pci_bus_id:
+        return pci_bus_id
+    entries = [e.strip() for e in (visible or "").split(",") if e.strip()]
+    if entries and entries[0].startswith("GPU-"):
+        return entries[0]
+    return None
+
+
+def _cuda_pci_bus_id() -> str | None:
+    try:
+        from csfm_edge.runtime.cuda import cuda_api
+
+        return cuda_api().pci_bus_id()
+    except CsfmError:
+        return None
+
+
+def parse_gpu_line(line: str, which: str) -> dict:
+    """One ``--query-gpu`` CSV line as a record; ``which`` says how the GPU was chosen."""
+    values = [v.strip() for v in line.split(",")]
+    return {**dict(zip(GPU_KEYS, values)), "selected_by": which}
+
+
 def gpu_record() -> dict | None:
-    """nvidia-smi's view of GPU 0 (data-center and desktop); Jetson power mode and clocks where present."""
-    fields = "name,memory.total,driver_version,compute_cap,clocks.max.sm,clocks.sm,power.limit"
-    line = command_output("nvidia-smi", f"--query-gpu={fields}", "--format=csv,noheader,nounits")
+    """nvidia-smi's view of the GPU CUDA computes on (data-center and desktop); Jetson power mode and clocks
+    where present. Where that GPU cannot be identified, the first one, and the record says so."""
+    device = smi_device_id(_cuda_pci_bus_id(), os.environ.get("CUDA_VISIBLE_DEVICES"))
+    query = [f"--query-gpu={GPU_FIELDS}", "--format=csv,noheader,nounits"]
+    output = command_output("nvidia-smi", *([f"--id={device}"] if device else []), *query)
     record = None
-    if line:
-        values = [v.strip() for v in line.splitlines()[0].split(",")]
-        record = dict(zip(["name", "memory_mib", "driver", "compute_capability", "max_sm_clock_mhz",
-                           "sm_clock_mhz", "power_limit_w"], values))
+    if output:
+        which = f"CUDA's device ({device})" if device else "nvidia-smi's first GPU (CUDA's device not identified)"
+        record = parse_gpu_line(output.splitlines()[0], which)
     if Path("/etc/nv_tegra_release").exists():  # Jetson: record the module and how it was clocked
         record = record or {}
         record["nvidia_smi_name"] = record.get("name")  # JetPack 6's nvidia-smi says "Orin (nvgpu)"

@@ -211,7 +211,9 @@ class BenchRun:
         model: CSFMConfig = target.model.config()
         flops = window_flops(model, len(ids), time_len)
         machine = self.record["machine"]
-        gpu_name = (machine.get("gpu") or {}).get("name")
+        described = backend.describe()
+        # the GPU the backend runs on names the peak; the machine record's (nvidia-smi's) where it does not say
+        gpu_name = described.get("gpu") or (machine.get("gpu") or {}).get("name")
         compute = "fp16" if target.precision == "bf16" else precision_record(target.precision).compute
         if backend.on_gpu:
             peak, peak_source = published_peak(gpu_name, compute), "published (datasheet, dense)"
@@ -222,7 +224,7 @@ class BenchRun:
         rss_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         energy = None if power.average_w is None else power.average_w * latency.median_ms / batch  # mJ
         return {
-            "target": target.spec, "label": target.label, "backend": backend.describe(), "size": target.model.size,
+            "target": target.spec, "label": target.label, "backend": described, "size": target.model.size,
             "precision": target.precision, "lead_set": lead_set_name, "channels": len(ids), "batch": batch,
             "time": time_len, "latency_ms": latency.to_dict(),
             "enqueue_and_wait_ms": None if device_only is None else device_only.to_dict(),

@@ -19,7 +19,7 @@ from csfm_edge.fileio import sha256_of, write_atomically
 from csfm_edge.profiles import PRESETS, Profile
 from csfm_edge.progress import console_progress
 from csfm_edge.runtime.manifest import GpuRecord, SourceOnnx, TensorRTInfo, now, read_manifest, write_manifest
-from csfm_edge.runtime.tensorrt_lib import RTX, library_for_target, load_tensorrt
+from csfm_edge.runtime.tensorrt_lib import RTX, library_for_target, load_tensorrt, native_build_problem
 
 
 @dataclass
@@ -64,6 +64,15 @@ def _timing_cache_record(path: Path | None, used: bool, rejected: bool = False) 
     return {"path": str(path), "used": True, "sha256": sha256_of(path)}
 
 
+def attach_timing_cache(config, cache_bytes: bytes):
+    """Give the builder the timing cache made from ``cache_bytes`` and return it (the caller keeps it alive
+    until the build ends, as TensorRT requires); None where TensorRT cannot read the bytes
+    (``create_timing_cache`` returns None, as Polygraphy checks) or refuses the cache (``set_timing_cache``
+    is False: made on another device or TensorRT)."""
+    cache = config.create_timing_cache(cache_bytes)
+    return cache if cache is not None and config.set_timing_cache(cache, False) else None
+
+
 def build_engine(request: BuildRequest) -> Path:
     """Parse, configure, build and write the plan and its manifest; return the plan's path."""
     onnx_manifest = read_manifest(request.onnx)
@@ -74,6 +83,8 @@ def build_engine(request: BuildRequest) -> Path:
         raise CsfmError("no optimization profile given")
     trt = load_tensorrt(library_for_target(request.target))
     gpu = _gpu_record(request.target)
+    if request.target == "native" and native_build_problem(trt.library, gpu.compute_capability):
+        raise BackendUnavailableError(native_build_problem(trt.library, gpu.compute_capability))
     say = request.progress
     say(f"[build] {request.onnx.name} with {trt.library} {trt.version} for "
         f"{gpu.name or 'compute capability ' + gpu.compute_capability}, profiles "
@@ -103,12 +114,15 @@ def build_engine(request: BuildRequest) -> Path:
     rejected = False
     if use_cache:
         cache_bytes = request.timing_cache.read_bytes() if request.timing_cache.exists() else b""
-        if not config.set_timing_cache(config.create_timing_cache(cache_bytes), False):
-            # another device's or TensorRT's cache: build without it, and leave the user's file alone
-            rejected = True
-            say(f"[build] timing cache {request.timing_cache} was made for another device or TensorRT: not used, "
-                "not overwritten")
-            config.set_timing_cache(config.create_timing_cache(b""), False)
+        timing_cache = attach_timing_cache(config, cache_bytes)
+        rejected = timing_cache is None
+        if rejected:  # another device's or TensorRT's cache, or not one: build without it, leave the file alone
+            say(f"[build] timing cache {request.timing_cache} was made for another device or TensorRT, or is not a "
+                "timing cache: not used, not overwritten")
+            timing_cache = attach_timing_cache(config, b"")
+            if timing_cache is None:
+                raise BackendUnavailableError("TensorRT could not create an empty timing cache; build without "
+                                              "--timing-cache")
     elif request.timing_cache is not None:
         say("[build] TensorRT for RTX has no timing cache: --timing-cache is ignored")
 

@@ -43,8 +43,16 @@ def jetson_module(model_file: Path = DEVICE_TREE_MODEL) -> str | None:
 BINDING_NEEDS_DRIVER = {12: 12000, 13: 13000}
 
 
+NO_DRIVER = ("no NVIDIA driver is loaded (cudaDriverGetVersion reports 0): install the NVIDIA driver, or in a "
+             "container run with the GPU passed through (docker run --gpus all)")
+
+
 def binding_problem(binding_major: int | None, driver_cuda: int) -> str | None:
-    """Why the installed CUDA binding cannot run on this driver, with the fix; None when it can."""
+    """Why the installed CUDA binding cannot run on this driver, with the fix; None when it can.
+
+    ``driver_cuda`` 0 is what cudaDriverGetVersion reports (with success) when no driver is loaded."""
+    if driver_cuda <= 0:
+        return NO_DRIVER
     if binding_major is None:
         return None
     needed = BINDING_NEEDS_DRIVER.get(binding_major, binding_major * 1000)
@@ -92,10 +100,12 @@ class CudaPython:
     def pci_bus_id(self) -> str:
         """The PCI bus id of the device this process computes on (what NVML needs: it counts in PCI order)."""
         value = self._ok(self.rt.cudaDeviceGetPCIBusId(32, 0), "PCI bus id")
-        return (value.decode() if isinstance(value, bytes) else str(value)).rstrip("\x00")
+        return normal_pci_bus_id((value.decode() if isinstance(value, bytes) else str(value)).rstrip("\x00"))
 
     def stream(self) -> int:
-        return int(self._ok(self.rt.cudaStreamCreate(), "stream creation"))
+        """A non-blocking stream: work another thread puts on the legacy default stream neither waits for it
+        nor invalidates a graph capture on it (a blocking stream synchronises with that stream)."""
+        return int(self._ok(self.rt.cudaStreamCreateWithFlags(self.rt.cudaStreamNonBlocking), "stream creation"))
 
     def device_alloc(self, nbytes: int) -> int:
         return int(self._ok(self.rt.cudaMalloc(nbytes), f"cudaMalloc({nbytes})"))
@@ -114,18 +124,34 @@ class CudaPython:
     def synchronize(self, stream: int) -> None:
         self._ok(self.rt.cudaStreamSynchronize(stream), "stream synchronize")
 
-    def begin_capture(self, stream: int) -> None:
-        mode = self.rt.cudaStreamCaptureMode.cudaStreamCaptureModeThreadLocal
-        self._ok(self.rt.cudaStreamBeginCapture(stream, mode), "graph capture")
+    def _clear_error(self) -> None:
+        """Reset the error a failed capture leaves for the next runtime call (trtexec's endCaptureOnError)."""
+        self.rt.cudaGetLastError()
 
-    def end_capture(self, stream: int):
-        """The instantiated graph, or None when the capture failed (trtexec then launches plainly)."""
+    def begin_capture(self, stream: int) -> bool:
+        """Start capturing the stream's work into a graph; False (error cleared) where CUDA refuses."""
+        mode = self.rt.cudaStreamCaptureMode.cudaStreamCaptureModeThreadLocal
+        if int(self.rt.cudaStreamBeginCapture(stream, mode)[0]) != 0:
+            self._clear_error()
+            return False
+        return True
+
+    def end_capture(self, stream: int, enqueued: bool = True):
+        """The instantiated graph, or None when the capture or the enqueue inside it failed (trtexec then
+        launches plainly). Always ends the capture, destroys the captured graph and clears a sticky error,
+        so the stream and the next CUDA call work as before."""
         error, graph = self.rt.cudaStreamEndCapture(stream)
-        if int(error) != 0 or graph is None:
+        failed = int(error) != 0 or graph is None or not enqueued
+        graph_exec = None
+        if not failed:
+            error, graph_exec = self.rt.cudaGraphInstantiate(graph, 0)
+            failed = int(error) != 0 or graph_exec is None
+        if graph is not None:
+            self.rt.cudaGraphDestroy(graph)  # the executable keeps what it needs
+        if failed:
+            self._clear_error()
             return None
-        error, graph_exec = self.rt.cudaGraphInstantiate(graph, 0)
-        self.rt.cudaGraphDestroy(graph)  # the executable keeps what it needs
-        return graph_exec if int(error) == 0 else None
+        return graph_exec
 
     def launch_graph(self, graph_exec, stream: int) -> None:
         self._ok(self.rt.cudaGraphLaunch(graph_exec, stream), "graph launch")
@@ -145,9 +171,12 @@ class CudaPython:
         """The runtime API makes the device's primary context current in every thread by itself."""
         return contextlib.nullcontext()
 
-    def free(self, device: list[int], host: list[int], stream: int | None = None, graphs: tuple = ()) -> None:
+    def free(self, device: list[int], host: list[int], stream: int | None = None, graphs: tuple = (),
+             events: tuple = ()) -> None:
         for graph_exec in graphs:
             self.rt.cudaGraphExecDestroy(graph_exec)
+        for event in events:
+            self.rt.cudaEventDestroy(event)
         for ptr in device:
             self.rt.cudaFree(ptr)
         for ptr in host:
@@ -181,7 +210,7 @@ class PyCuda:
         return GpuInfo(device.name(), f"{major}.{minor}", device.total_memory(), int(sm_count), jetson_module())
 
     def pci_bus_id(self) -> str:
-        return self.drv.Device(0).pci_bus_id()
+        return normal_pci_bus_id(self.drv.Device(0).pci_bus_id())
 
     def stream(self) -> int:
         stream = self.drv.Stream()
@@ -217,6 +246,12 @@ class PyCuda:
         end.synchronize()
         return float(start.time_till(end))
 
+    def begin_capture(self, stream: int) -> bool:
+        return False  # no stream capture through PyCUDA here (graph_replay_problem keeps replay off)
+
+    def end_capture(self, stream: int, enqueued: bool = True):
+        return None
+
     @contextlib.contextmanager
     def activate(self):
         """PyCUDA's context is current only in the thread that made it: push it in whichever thread runs."""
@@ -226,8 +261,19 @@ class PyCuda:
         finally:
             self.drv.Context.pop()
 
-    def free(self, device: list[int], host: list[int], stream: int | None = None, graphs: tuple = ()) -> None:
-        self._keep.clear()
+    def free(self, device: list[int], host: list[int], stream: int | None = None, graphs: tuple = (),
+             events: tuple = ()) -> None:
+        self._keep.clear()  # PyCUDA frees its allocations, streams and events when the last reference goes
+
+
+def normal_pci_bus_id(text: str) -> str:
+    """CUDA's ``0000:3b:00.0`` as nvidia-smi and NVML write it, ``00000000:3B:00.0`` (``nvidia-smi --id`` and
+    ``nvmlDeviceGetHandleByPciBusId`` both take this form)."""
+    parts = text.strip().split(":")
+    if len(parts) == 2:  # no domain: domain 0
+        parts = ["0", *parts]
+    domain, bus, device_function = parts
+    return f"{int(domain, 16):08X}:{bus.upper()}:{device_function.upper()}"
 
 
 def _view(address: int, nbytes: int) -> np.ndarray:
@@ -257,16 +303,22 @@ def cuda_api() -> CudaPython | PyCuda:
     """cuda-python where it fits this driver, else PyCUDA; else an error that says what to install.
 
     cuda-python 13 imports fine on a driver for CUDA 12 (JetPack 6, R535-R570 hosts) and fails at the first
-    call, so the driver is asked first and a mismatch falls back to PyCUDA or names the fix."""
+    call, so the driver is asked first and a mismatch falls back to PyCUDA or names the fix. Without a
+    driver at all neither can work: that is said, not a version advice."""
     cudart = _cudart()
     problem = None
     if cudart is not None:
         error, driver = cudart.cudaDriverGetVersion()
-        problem = binding_problem(binding_major(), int(driver)) if int(error) == 0 else None
+        problem = binding_problem(binding_major(), int(driver or 0)) if int(error) == 0 else None
+        if problem == NO_DRIVER:
+            raise BackendUnavailableError(problem)
         if problem is None:
             return CudaPython(cudart)
     try:
         return PyCuda()
     except ImportError:
-        raise BackendUnavailableError(problem or "the TensorRT backend needs cuda-python (pip install "
-                                      "'csfm-edge[tensorrt]') or PyCUDA") from None
+        raise BackendUnavailableError(problem or MISSING_BINDING) from None
+
+
+MISSING_BINDING = ("no CUDA binding for Python (cuda-python or PyCUDA) is installed: pip install "
+                   "'csfm-edge[tensorrt]' (driver for CUDA 12) or 'csfm-edge[tensorrt-cu13]' (CUDA 13, R580+ drivers)")

@@ -23,8 +23,10 @@ RTX_TARGETS = {"rtx-sm75": "SM75", "rtx-sm80": "SM80", "rtx-sm86": "SM86", "rtx-
                "rtx-sm120": "SM120", "rtx-sm121": "SM121"}
 TARGETS = ("native", *RTX_TARGETS)
 INSTALL_HINT = ("install one: on Jetson, JetPack's TensorRT (make the venv with --system-site-packages); on x86 "
-                "GPUs, TensorRT from NVIDIA's index (pip install --extra-index-url https://pypi.nvidia.com "
-                "tensorrt-cu12); for ahead-of-time RTX builds without a GPU, pip install 'csfm-edge[tensorrt-rtx]'")
+                "GPUs, TensorRT from NVIDIA's index for the driver's CUDA major (nvidia-smi's \"CUDA Version\"): "
+                "pip install --extra-index-url https://pypi.nvidia.com tensorrt-cu13 (R580+ drivers, CUDA 13) or "
+                "tensorrt-cu12 (CUDA 12); for ahead-of-time RTX builds without a GPU, pip install "
+                "'csfm-edge[tensorrt-rtx]'")
 
 
 @dataclass(frozen=True)
@@ -123,6 +125,21 @@ def load_tensorrt(library: str | None = None) -> TensorRT:
             return found
     wanted = MODULES[library] if library else "tensorrt or tensorrt_rtx_bindings"
     raise BackendUnavailableError(f"no TensorRT library ({wanted}) is installed: {INSTALL_HINT}")
+
+
+def native_build_problem(library: str, compute_capability: str) -> str | None:
+    """Why ``library`` cannot build (or run) an engine for this GPU, or None.
+
+    TensorRT for RTX compiles only for the compute capabilities of its ``ComputeCapability`` enum (Turing,
+    Ampere, Ada, consumer Blackwell): no Hopper (H100/H200 are 9.0), no data-center Blackwell (10.0), no
+    Jetson (8.7). On those GPUs only the full TensorRT builds engines."""
+    if library != RTX:
+        return None
+    sm = "SM" + compute_capability.replace(".", "")
+    if sm in RTX_TARGETS.values():
+        return None
+    return (f"TensorRT for RTX has no target for compute capability {compute_capability} (it builds for "
+            f"{', '.join(RTX_TARGETS.values())}); this GPU needs the full TensorRT: {INSTALL_HINT}")
 
 
 def library_for_target(target: str) -> str | None:

@@ -106,16 +106,29 @@ def engine_tensor_problem(engine_tensors: dict[str, str], manifest: Manifest) ->
     return None
 
 
+def _capability(text: str) -> tuple[int, int]:
+    major, _, minor = text.partition(".")
+    return int(major), int(minor or 0)
+
+
 def identity_problem(built, here: GpuInfo) -> str | None:
     """Why an engine built for ``built`` (the manifest's GPU record) may not run on ``here``, or None.
 
-    Compute capability alone does not tell AGX Orin, Orin NX and Orin Nano apart (all 8.7), and TensorRT
-    refuses "an engine plan file across different models of devices" unless it was built hardware-compatible.
+    A hardware-compatible engine is judged by its level first: ``AMPERE_PLUS`` runs on any GPU of compute
+    capability 8.0 or later (an engine built on an A100 runs on an H100), ``SAME_COMPUTE_CAPABILITY`` on any
+    of the same capability. Otherwise compute capability alone does not tell AGX Orin, Orin NX and Orin Nano
+    apart (all 8.7), and TensorRT refuses "an engine plan file across different models of devices".
     """
+    level = built.hardware_compatibility
+    if level == "AMPERE_PLUS":
+        if _capability(here.compute_capability) < (8, 0):
+            return f"Ampere or later (hardware compatibility AMPERE_PLUS), this GPU is {here.name} " \
+                   f"({here.compute_capability})"
+        return None
     if built.compute_capability != here.compute_capability:
         return f"compute capability {built.compute_capability} ({built.name or 'target'}), this GPU is {here.name} " \
                f"({here.compute_capability})"
-    if built.hardware_compatibility not in (None, "NONE"):
+    if level not in (None, "NONE"):  # SAME_COMPUTE_CAPABILITY: any GPU of this capability
         return None
     if built.jetson_module and here.jetson_module and built.jetson_module != here.jetson_module:
         return f"Jetson module {built.jetson_module}, this is {here.jetson_module}"
@@ -124,6 +137,35 @@ def identity_problem(built, here: GpuInfo) -> str | None:
     if built.sm_count and here.sm_count and built.sm_count != here.sm_count:
         return f"a GPU with {built.sm_count} SMs, this one has {here.sm_count}"
     return None
+
+
+def engine_profile_problem(engine_shapes: list[dict[str, tuple]], profiles: list[Profile]) -> str | None:
+    """The deserialized engine's optimization profiles against the manifest's, or None where they agree.
+
+    ``engine_shapes``: per engine profile, each input's (min, opt, max) shapes as
+    ``ICudaEngine.get_tensor_profile_shape`` reports them. Profile selection and buffer sizes come from the
+    manifest, so an engine whose profiles differ (a plan swapped beside another's manifest) would be fed
+    shapes it cannot take or selected into the wrong profile."""
+    if len(engine_shapes) != len(profiles):
+        return f"the engine has {len(engine_shapes)} optimization profiles, the manifest lists {len(profiles)}"
+    for index, (found, profile) in enumerate(zip(engine_shapes, profiles)):
+        for name, wanted in profile.shapes().items():
+            got = tuple(tuple(int(d) for d in shape) for shape in found.get(name, ()))
+            if got != wanted:
+                return f"profile {index} ({profile.name}) of the engine has {name} shapes {got}, the manifest {wanted}"
+    return None
+
+
+def switch_profile(context, index: int, stream: int, errors: list[str]) -> None:
+    """Make optimization profile ``index`` active on ``stream``. The bindings return False or (TensorRT 10/11:
+    ``PY_ASSERT_RUNTIME_ERROR``) raise RuntimeError when TensorRT refuses; both become one clear error."""
+    try:
+        ok = context.set_optimization_profile_async(index, stream)
+    except RuntimeError as exc:
+        ok, errors = False, [*errors, str(exc)]
+    if not ok:
+        raise ArtifactError(f"TensorRT could not switch to optimization profile {index}: "
+                            + ("; ".join(errors[-2:]) or "no reason given"))
 
 
 class TensorRTBackend:
@@ -141,40 +183,57 @@ class TensorRTBackend:
         self.gpu = self.cuda.gpu()
         check_engine_fits(manifest, self.trt.library, self.trt.version, self.gpu)
         self.plan = Path(plan)
+        self._lock = threading.Lock()  # one context, stream and buffer set: one inference at a time
+        self.stream: int | None = None
+        self.device: dict[str, int] = {}
+        self.host: dict[str, int] = {}
+        self.graphs: dict[tuple, object] = {}
+        self.events: tuple = ()
+        self.context = self.engine = None
+        with self.cuda.activate():  # PyCUDA: every allocation in this thread's current context
+            try:
+                self._load(manifest)
+            except BaseException:
+                self._release()  # a refusal halfway leaks neither buffers nor the stream
+                raise
+        self.active_profile = -1
+        self.graph_problem = graph_replay_problem(self.trt.library, self.cuda.name) if use_cuda_graph else None
+        self.use_cuda_graph = use_cuda_graph and self.graph_problem is None
+        self.uncapturable: set[tuple] = set()
+        self.last_key: tuple | None = None
+
+    def _load(self, manifest: Manifest) -> None:
+        """Deserialize, check the engine's tensors and profiles against the manifest, allocate, bind."""
         self.logger = self.trt.logger()
         self.runtime = self.trt.module.Runtime(self.logger)
         self.engine = self.runtime.deserialize_cuda_engine(self.plan.read_bytes())
         if self.engine is None:
             why = self.logger.errors[-1] if self.logger.errors else "unknown reason"
             raise ArtifactError(f"{self.plan.name} is not a loadable engine (corrupt or incompatible): {why}")
+        tensors = {self.engine.get_tensor_name(i): TRT_DTYPES.get(
+            self.engine.get_tensor_dtype(self.engine.get_tensor_name(i)).name, "?")
+            for i in range(self.engine.num_io_tensors)}
+        problem = engine_tensor_problem(tensors, manifest) or engine_profile_problem(
+            [{name: self.engine.get_tensor_profile_shape(name, i) for name in manifest.inputs}
+             for i in range(self.engine.num_optimization_profiles)], manifest.profiles)
+        if problem is not None:
+            raise ArtifactError(f"{self.plan.name}: {problem}; rebuild it with csfm-edge build")
         self.context = self.engine.create_execution_context()
         if self.context is None:  # out of device memory (small Jetsons with a wide profile)
             raise BackendUnavailableError(f"TensorRT could not create an execution context for {self.plan.name} "
                                           "(GPU memory?): rebuild with narrower profiles")
-        tensors = {self.engine.get_tensor_name(i): TRT_DTYPES.get(
-            self.engine.get_tensor_dtype(self.engine.get_tensor_name(i)).name, "?")
-            for i in range(self.engine.num_io_tensors)}
-        problem = engine_tensor_problem(tensors, manifest)
-        if problem is not None:
-            raise ArtifactError(f"{self.plan.name}: {problem}; rebuild it with csfm-edge build")
         self.input_dtypes = {name: np.dtype(tensors[name]) for name in manifest.inputs}
         self.profiles = manifest.profiles
         self.input_names = list(manifest.inputs)
         self.output_names = manifest.output_names
-        self._lock = threading.Lock()  # one context, stream and buffer set: one inference at a time
         self.stream = self.cuda.stream()
         self.buffers = {b.name: b for b in plan_buffers(manifest)}
-        self.device = {name: self.cuda.device_alloc(b.nbytes) for name, b in self.buffers.items()}
-        self.host = {name: self.cuda.host_alloc(b.nbytes) for name, b in self.buffers.items()}
+        for name, buffer in self.buffers.items():
+            self.device[name] = self.cuda.device_alloc(buffer.nbytes)
+            self.host[name] = self.cuda.host_alloc(buffer.nbytes)
         for name, address in self.device.items():
             if not self.context.set_tensor_address(name, address):
                 raise ArtifactError(f"TensorRT refused the address of tensor {name}: " + "; ".join(self.logger.errors))
-        self.active_profile = -1
-        self.graph_problem = graph_replay_problem(self.trt.library, self.cuda.name) if use_cuda_graph else None
-        self.use_cuda_graph = use_cuda_graph and self.graph_problem is None
-        self.graphs: dict[tuple, object] = {}
-        self.uncapturable: set[tuple] = set()
-        self.last_key: tuple | None = None
 
     def describe(self) -> dict:
         return {"backend": self.name, "provider": f"{self.trt.library} {self.trt.version}",
@@ -192,10 +251,11 @@ class TensorRTBackend:
         action = launch_plan(key, self.last_key, key in self.graphs) if self.use_cuda_graph else "plain"
         self.last_key = key
         if action == "capture" and key not in self.uncapturable:
-            self.cuda.begin_capture(self.stream)
-            enqueued = self.context.execute_async_v3(self.stream)
-            graph = self.cuda.end_capture(self.stream)
-            if enqueued and graph is not None:
+            graph = None
+            if self.cuda.begin_capture(self.stream):
+                enqueued = self.context.execute_async_v3(self.stream)
+                graph = self.cuda.end_capture(self.stream, enqueued)  # ends the capture whatever happened
+            if graph is not None:
                 self.graphs[key] = graph
             else:
                 self.uncapturable.add(key)
@@ -213,7 +273,7 @@ class TensorRTBackend:
         batch, channels, time = feed[SPEC.signal].shape
         profile = select_profile(self.profiles, batch, channels, time)
         if profile != self.active_profile:
-            self.context.set_optimization_profile_async(profile, self.stream)
+            switch_profile(self.context, profile, self.stream, self.logger.errors)
             self.active_profile = profile
         for name, array in feed.items():
             if not self.context.set_input_shape(name, array.shape):
@@ -234,9 +294,12 @@ class TensorRTBackend:
 
     def gpu_compute_ms(self) -> float:
         """GPU time of one inference of the last shape (inputs already on the GPU), between CUDA events on the
-        stream, as trtexec reports "GPU Compute Time"; host enqueue time is not in it."""
+        stream, as trtexec reports "GPU Compute Time"; host enqueue time is not in it. The two events are
+        made once and destroyed in :meth:`close` (a benchmark calls this thousands of times)."""
         with self._lock, self.cuda.activate():
-            start, end = self.cuda.event(), self.cuda.event()
+            if not self.events:
+                self.events = (self.cuda.event(), self.cuda.event())
+            start, end = self.events
             self.cuda.record(start, self.stream)
             self._execute((self.active_profile, tuple(self.context.get_tensor_shape(SPEC.signal))))
             self.cuda.record(end, self.stream)
@@ -249,11 +312,16 @@ class TensorRTBackend:
             self.cuda.synchronize(self.stream)
 
     def close(self) -> None:
-        """Release graphs, buffers and the stream (then the context and engine)."""
-        if getattr(self, "device", None):
-            with self.cuda.activate():
-                self.cuda.synchronize(self.stream)
-                self.cuda.free(list(self.device.values()), list(self.host.values()), self.stream,
-                               tuple(self.graphs.values()))
-            self.device, self.host, self.graphs = {}, {}, {}
+        """Release graphs, events, buffers and the stream (then the context and engine); waits for a running
+        inference, and a second call does nothing."""
+        with self._lock, self.cuda.activate():
+            self._release()
+
+    def _release(self) -> None:
+        if self.stream is not None:
+            self.cuda.synchronize(self.stream)
+        if self.stream is not None or self.device or self.host:
+            self.cuda.free(list(self.device.values()), list(self.host.values()), self.stream,
+                           tuple(self.graphs.values()), self.events)
+        self.stream, self.device, self.host, self.graphs, self.events = None, {}, {}, {}, ()
         self.context = self.engine = None
