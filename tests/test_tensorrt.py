@@ -453,3 +453,264 @@ def test_gpu_record_is_the_cuda_device_not_the_first(tmp_path, monkeypatch):
     assert record["name"] == "NVIDIA A2" and "not identified" in record["selected_by"]
     assert machine.smi_device_id(None, "GPU-8f1e, GPU-11aa") == "GPU-8f1e"
     assert machine.smi_device_id(None, "MIG-1234") is None and machine.smi_device_id(None, None) is None
+
+
+# --- the CUDA layer and the engine's lifecycle, on fake bindings (the real ones need a GPU) ------------
+
+
+class FakeCudart:
+    """cuda.bindings.runtime as far as CudaPython uses it: (error, value...) tuples, 0 = cudaSuccess."""
+
+    cudaStreamNonBlocking = 1
+
+    class cudaStreamCaptureMode:  # noqa: N801  (the binding's name)
+        cudaStreamCaptureModeThreadLocal = 2
+
+    def __init__(self, begin: int = 0, end: int = 0, instantiate: int = 0, driver: int = 13000):
+        self.begin, self.end, self.instantiate, self.driver = begin, end, instantiate, driver
+        self.calls: list = []
+
+    def cudaDriverGetVersion(self):  # noqa: N802
+        return 0, self.driver
+
+    def cudaGetErrorString(self, error):  # noqa: N802
+        return 0, b"fake failure"
+
+    def cudaStreamCreateWithFlags(self, flags):  # noqa: N802
+        self.calls.append(("stream", flags))
+        return 0, 7
+
+    def cudaStreamBeginCapture(self, stream, mode):  # noqa: N802
+        return (self.begin,)
+
+    def cudaStreamEndCapture(self, stream):  # noqa: N802
+        self.calls.append("end capture")
+        return (self.end, None) if self.end else (0, "graph")
+
+    def cudaGraphInstantiate(self, graph, flags):  # noqa: N802
+        return (self.instantiate, None) if self.instantiate else (0, "graph exec")
+
+    def cudaGraphDestroy(self, graph):  # noqa: N802
+        self.calls.append(("destroy", graph))
+        return (0,)
+
+    def cudaGetLastError(self):  # noqa: N802
+        self.calls.append("clear error")
+        return (0,)
+
+
+def test_stream_is_non_blocking():
+    """C6: legacy-default-stream work of another thread must not invalidate a capture on our stream."""
+    from csfm_edge.runtime.cuda import CudaPython
+
+    rt = FakeCudart()
+    assert CudaPython(rt).stream() == 7 and rt.calls == [("stream", FakeCudart.cudaStreamNonBlocking)]
+
+
+@pytest.mark.parametrize(("fake", "enqueued", "expected", "calls"), [
+    (FakeCudart(), True, "graph exec", ["end capture", ("destroy", "graph")]),
+    (FakeCudart(), False, None, ["end capture", ("destroy", "graph"), "clear error"]),  # TensorRT failed inside
+    (FakeCudart(end=901), True, None, ["end capture", "clear error"]),  # cudaErrorStreamCaptureInvalidated
+    (FakeCudart(instantiate=1), True, None, ["end capture", ("destroy", "graph"), "clear error"]),
+])
+def test_failed_capture_is_ended_destroyed_and_cleared(fake, enqueued, expected, calls):
+    """C2, as trtexec's endCaptureOnError: the capture always ends, a captured graph is destroyed, the sticky
+    error is cleared, and no graph is instantiated from a failed enqueue."""
+    from csfm_edge.runtime.cuda import CudaPython
+
+    assert CudaPython(fake).end_capture(7, enqueued) == expected
+    assert fake.calls == calls
+
+
+def test_refused_capture_falls_back_instead_of_raising():
+    from csfm_edge.runtime.cuda import CudaPython
+
+    fake = FakeCudart(begin=900)
+    assert CudaPython(fake).begin_capture(7) is False and fake.calls == ["clear error"]
+    assert CudaPython(FakeCudart()).begin_capture(7) is True
+
+
+def test_no_driver_is_said_plainly(monkeypatch):
+    """C7: cudaDriverGetVersion reports (cudaSuccess, 0) without a driver: no 'cuda-python>=0,<1' advice."""
+    from csfm_edge.runtime import cuda
+
+    assert cuda.binding_problem(13, 0) == cuda.NO_DRIVER
+    monkeypatch.setattr(cuda, "_cudart", lambda: FakeCudart(driver=0))
+    with pytest.raises(BackendUnavailableError, match="no NVIDIA driver is loaded") as error:
+        cuda.cuda_api()
+    assert "cuda-python>=0" not in str(error.value)
+    monkeypatch.setattr(cuda, "_cudart", lambda: None)
+    monkeypatch.setattr(cuda, "PyCuda", lambda: (_ for _ in ()).throw(ImportError("no pycuda")))
+    with pytest.raises(BackendUnavailableError, match="no CUDA binding for Python.*tensorrt-cu13"):
+        cuda.cuda_api()
+
+
+class FakeCuda:
+    """The CUDA layer's interface: records what is alive, and whether each call ran in the active context."""
+
+    name = "cuda-python"
+
+    def __init__(self, capture: bool = True):
+        self.capture, self.depth = capture, 0
+        self.alive: set = set()
+        self.outside_context: list[str] = []
+        self.events_made = 0
+        self._next = 100
+
+    def _new(self, kind: str):
+        if self.depth == 0:
+            self.outside_context.append(kind)
+        self._next += 1
+        handle = (kind, self._next)
+        self.alive.add(handle)
+        return handle
+
+    def gpu(self):
+        return GpuInfo("Orin", "8.7", 64 << 30)
+
+    def stream(self):
+        return self._new("stream")
+
+    def device_alloc(self, nbytes):
+        return self._new("device")
+
+    def host_alloc(self, nbytes):
+        return self._new("host")
+
+    def event(self):
+        self.events_made += 1
+        return self._new("event")
+
+    def record(self, event, stream):
+        pass
+
+    def elapsed_ms(self, start, end):
+        return 1.5
+
+    def synchronize(self, stream):
+        pass
+
+    def begin_capture(self, stream):
+        return self.capture
+
+    def end_capture(self, stream, enqueued=True):
+        return self._new("graph") if enqueued else None
+
+    def launch_graph(self, graph, stream):
+        pass
+
+    def activate(self):
+        fake = self
+
+        class Active:
+            def __enter__(self):
+                fake.depth += 1
+
+            def __exit__(self, *exc):
+                fake.depth -= 1
+
+        return Active()
+
+    def free(self, device, host, stream=None, graphs=(), events=()):
+        for handle in (*device, *host, *graphs, *events, *([stream] if stream else [])):
+            self.alive.remove(handle)
+
+
+class FakeEngine:
+    def __init__(self, manifest: Manifest, refuse_address: str | None = None, profiles=None):
+        self.names = [*manifest.inputs, *manifest.outputs]
+        self.dtypes = {name: t.dtype for name, t in {**manifest.inputs, **manifest.outputs}.items()}
+        self.profiles = manifest.profiles if profiles is None else profiles
+        self.refuse_address = refuse_address
+        self.num_io_tensors = len(self.names)
+        self.num_optimization_profiles = len(self.profiles)
+
+    def get_tensor_name(self, index):
+        return self.names[index]
+
+    def get_tensor_dtype(self, name):
+        return type("DataType", (), {"name": {"float32": "FLOAT", "int64": "INT64"}[self.dtypes[name]]})
+
+    def get_tensor_profile_shape(self, name, index):
+        return list(self.profiles[index].shapes()[name])
+
+    def create_execution_context(self):
+        engine = self
+
+        class Context:
+            enqueued = 0
+
+            def set_tensor_address(self, name, address):
+                return name != engine.refuse_address
+
+            def execute_async_v3(self, stream):
+                Context.enqueued += 1
+                return True
+
+            def get_tensor_shape(self, name):
+                return (1, 2, 2500)
+
+        return Context()
+
+
+def _fake_backend(monkeypatch, cuda: FakeCuda, engine: FakeEngine, use_cuda_graph: bool = False):
+    from types import SimpleNamespace
+
+    from csfm_edge.runtime.backends import tensorrt as backend_module
+
+    logger = SimpleNamespace(errors=[])
+    module = SimpleNamespace(Runtime=lambda log: SimpleNamespace(deserialize_cuda_engine=lambda data: engine))
+    trt = SimpleNamespace(library="tensorrt", version="10.3.0", module=module, logger=lambda: logger)
+    monkeypatch.setattr(backend_module, "load_tensorrt", lambda library: trt)
+    monkeypatch.setattr(backend_module, "cuda_api", lambda: cuda)
+    return backend_module.TensorRTBackend(__file__, _plan_manifest(), use_cuda_graph=use_cuda_graph)
+
+
+def test_engine_lifecycle_releases_everything(monkeypatch):
+    """C1 two events for any number of timings, destroyed in close; C4 allocations in the active context;
+    C5 close waits for a running inference; a second close does nothing."""
+    import threading
+
+    cuda = FakeCuda()
+    backend = _fake_backend(monkeypatch, cuda, FakeEngine(_plan_manifest()))
+    assert cuda.outside_context == [] and len(cuda.alive) == 9  # stream + 4 device + 4 host buffers
+    backend.active_profile = 0
+    assert [backend.gpu_compute_ms() for _ in range(50)] == [1.5] * 50 and cuda.events_made == 2
+    backend._lock.acquire()  # an inference in flight
+    closer = threading.Thread(target=backend.close)
+    closer.start()
+    closer.join(timeout=0.3)
+    assert closer.is_alive() and len(cuda.alive) == 11  # close waits for it
+    backend._lock.release()
+    closer.join(timeout=5)
+    assert cuda.alive == set() and backend.context is None
+    backend.close()
+
+
+def test_refusal_halfway_through_construction_leaks_nothing(monkeypatch):
+    """C3: TensorRT refusing a tensor address after the buffers and stream exist releases them all."""
+    cuda = FakeCuda()
+    with pytest.raises(ArtifactError, match="refused the address of tensor logits"):
+        _fake_backend(monkeypatch, cuda, FakeEngine(_plan_manifest(), refuse_address="logits"))
+    assert cuda.alive == set()
+
+
+def test_engine_with_other_profiles_than_its_manifest_is_refused(monkeypatch):
+    """C9 in the backend: checked right after deserializing, before anything is allocated."""
+    cuda = FakeCuda()
+    with pytest.raises(ArtifactError, match="1 optimization profiles, the manifest lists 2.*rebuild"):
+        _fake_backend(monkeypatch, cuda, FakeEngine(_plan_manifest(), profiles=[PRESETS["bedside"]]))
+    assert cuda.alive == set()
+
+
+def test_failed_capture_runs_plainly_and_is_not_retried(monkeypatch):
+    """C2 in the backend: a capture CUDA refuses falls back to a plain enqueue for that shape, for good."""
+    cuda = FakeCuda(capture=False)
+    backend = _fake_backend(monkeypatch, cuda, FakeEngine(_plan_manifest()), use_cuda_graph=True)
+    backend.active_profile = 0
+    for _ in range(4):
+        backend.execute_only()
+    assert backend.graphs == {} and len(backend.uncapturable) == 1
+    assert type(backend.context).enqueued == 4  # every inference ran, none twice
+    backend.close()
+    assert cuda.alive == set()
