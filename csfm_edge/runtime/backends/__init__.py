@@ -35,9 +35,9 @@ def open_backend(artifact: Path, manifest: Manifest, options: BackendOptions | N
     options = options or BackendOptions()
     artifact = Path(artifact)
     if options.reference:
-        from csfm_edge.runtime.backends.torch_ref import TorchBackend
+        from csfm_edge.runtime.backends.torch_ref import open_reference
 
-        return TorchBackend(artifact, manifest, options)
+        return open_reference(artifact, manifest, options)
     suffix = artifact.suffix.lower()
     if suffix == ".onnx":
         from csfm_edge.runtime.backends.onnxruntime import OnnxRuntimeBackend, choose_providers
@@ -62,9 +62,9 @@ def open_backend(artifact: Path, manifest: Manifest, options: BackendOptions | N
 
 def reference_backend(model, options: BackendOptions | None = None) -> Backend:
     """The PyTorch reference over a model already in memory (export verification, plain-PyTorch baselines)."""
-    from csfm_edge.runtime.backends.torch_ref import TorchBackend
+    from csfm_edge.runtime.backends.torch_ref import open_reference
 
-    return TorchBackend.of_model(model, options or BackendOptions(reference=True))
+    return open_reference(None, None, options or BackendOptions(reference=True), model=model)
 
 
 __all__ = ["Backend", "BackendOptions", "open_backend", "reference_backend", "is_checkpoint", "PROVIDERS"]
