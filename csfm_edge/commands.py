@@ -330,7 +330,8 @@ def _int_list(text: str) -> list[int]:
 
 def bench_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("targets", nargs="+",
-                   help="artifacts (.onnx, .plan), or torch:SIZE / torch-fast:SIZE (plain PyTorch)")
+                   help="artifacts (.onnx, .plan), or torch:SIZE / torch-fast:SIZE (plain PyTorch; on the GPU with "
+                        "--provider cuda)")
     p.add_argument("--batch", default="1,8", help="comma-separated batch sizes (default 1,8)")
     add_lead_sets_flag(p, "each timed")
     p.add_argument("--time", default="2500", help="window lengths in samples (multiples of 25)")

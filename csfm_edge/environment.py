@@ -8,8 +8,9 @@ from __future__ import annotations
 
 from importlib import metadata
 
-PACKAGES = ("csfm-edge", "numpy", "scipy", "onnxruntime", "onnx", "openvino", "torch", "tensorrt",
-            "tensorrt-rtx-cu12-bindings", "cuda-python", "neurokit2", "wfdb", "pyedflib", "pyarrow")
+PACKAGES = ("csfm-edge", "numpy", "scipy", "onnxruntime", "onnxruntime-gpu", "onnx", "openvino", "torch", "tensorrt",
+            "tensorrt-rtx-cu12-bindings", "cuda-python", "cuda-bindings", "pycuda", "nvidia-ml-py", "neurokit2", "wfdb",
+            "pyedflib", "pyarrow")
 
 
 def package_versions() -> dict[str, str | None]:

@@ -23,7 +23,7 @@ LAYERS = [
     ("runtime",),
     ("recordings",),
     ("export",),
-    ("bench", "serving", "doctor"),
+    ("bench", "serving", "doctor", "gpucheck"),
     ("commands",),
     ("cli", "__main__"),
 ]

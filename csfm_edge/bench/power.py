@@ -131,6 +131,15 @@ class PowerSampler:
         if self.energy_j is None and self.samples:
             self.energy_j = float(np.mean(self.samples)) * seconds
 
+    def device_pci_bus_id(self) -> str | None:
+        """The PCI bus id of the GPU NVML reads (to show it is the one CUDA computes on); None off NVML."""
+        if self.source != "nvml":
+            return None
+        from csfm_edge.runtime.cuda import normal_pci_bus_id
+
+        bus_id = self._nvml.nvmlDeviceGetPciInfo(self._handle).busId
+        return normal_pci_bus_id(bus_id.decode() if isinstance(bus_id, bytes) else str(bus_id))
+
     @property
     def average_w(self) -> float | None:
         return float(np.mean(self.samples)) if self.samples else None

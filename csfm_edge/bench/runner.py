@@ -53,21 +53,24 @@ class Target:
 
 def resolve_target(spec: str, options: BackendOptions) -> Target:
     """``PATH.onnx`` / ``PATH.plan`` opened with ``options``, or ``torch:SIZE`` / ``torch-fast:SIZE`` (plain
-    PyTorch, seeded weights: the authors' way, and fused attention with bf16 autocast)."""
+    PyTorch, seeded weights: the authors' way, and fused attention with bf16 autocast; on the GPU when
+    ``options.provider`` is cuda, else on the CPU)."""
     kind, _, rest = spec.partition(":")
     if kind in TORCH_TARGETS and rest:
         config = size_config(rest)
+        device = options.provider if options.provider == "cuda" else None
 
         def open_torch() -> Backend:
             from csfm_edge.model import build, fused_attention, math_attention
 
             fast = kind == "torch-fast"
             model = build(config, seed=0, attention=fused_attention if fast else math_attention)
-            return reference_backend(model, BackendOptions(reference=True, autocast="bf16" if fast else None))
+            return reference_backend(model, BackendOptions(provider=device, device_id=options.device_id,
+                                                           reference=True, autocast="bf16" if fast else None))
 
         precision = "bf16" if kind == "torch-fast" else "fp32"
-        return Target(spec, TORCH_TARGETS[kind], ModelInfo.of(config), precision, WeightsInfo("untrained", seed=0),
-                      open_torch)
+        return Target(spec, TORCH_TARGETS[kind] + (f" @{device}" if device else ""), ModelInfo.of(config), precision,
+                      WeightsInfo("untrained", seed=0), open_torch)
     path = Path(spec)
     manifest = read_manifest(path)
     chosen = [f"@{options.provider}"] if options.provider else []

@@ -153,6 +153,16 @@ class CudaPython:
             return None
         return graph_exec
 
+    def last_error(self) -> str | None:
+        """The error the next runtime call would inherit (cudaPeekAtLastError), None when clear."""
+        error = self.rt.cudaPeekAtLastError()[0]
+        return None if int(error) == 0 else self.rt.cudaGetErrorString(error)[1].decode()
+
+    def memory_info(self) -> tuple[int, int]:
+        """Free and total device memory in bytes (all processes)."""
+        free, total = self._ok(self.rt.cudaMemGetInfo(), "memory query")
+        return int(free), int(total)
+
     def launch_graph(self, graph_exec, stream: int) -> None:
         self._ok(self.rt.cudaGraphLaunch(graph_exec, stream), "graph launch")
 
@@ -245,6 +255,13 @@ class PyCuda:
     def elapsed_ms(self, start, end) -> float:
         end.synchronize()
         return float(start.time_till(end))
+
+    def last_error(self) -> str | None:
+        return None  # PyCUDA raises every error where it happens
+
+    def memory_info(self) -> tuple[int, int]:
+        free, total = self.drv.mem_get_info()
+        return int(free), int(total)
 
     def begin_capture(self, stream: int) -> bool:
         return False  # no stream capture through PyCUDA here (graph_replay_problem keeps replay off)
