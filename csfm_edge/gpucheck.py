@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from csfm_edge import __version__
-from csfm_edge.errors import CsfmError, OutputError
+from csfm_edge.errors import CsfmError, InputFileError, OutputError
 from csfm_edge.fileio import check_output, write_atomically
 
 BUDGET_S = 7 * 60  # the whole check stays under 8 minutes: a step that would start later is skipped
@@ -357,7 +357,7 @@ def run_gpu_check(out: Path, data_dir: Path | None, say: Callable[[str], None]) 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="gpu-check", description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path("gpu-check"),
-                        help="folder for gpu-check.json, gpu-check.md and the artifacts (default ./gpu-check)")
+                        help="folder for gpu-check.json/.md, gpu-bench.json and artifacts/ (default ./gpu-check)")
     parser.add_argument("--data", type=Path, default=None,
                         help="folder of recordings (default $CSFM_EDGE_DATA, else the ECG that ships with csfm-edge)")
     parser.add_argument("--force", action="store_true", help="replace an earlier report in --out")
@@ -367,8 +367,10 @@ def main(argv: list[str] | None = None) -> int:
 
         if args.out.exists() and not args.out.is_dir():
             raise OutputError(f"--out {args.out} is a file; name a folder")
+        if args.data is not None and not args.data.is_dir():
+            raise InputFileError(f"--data {args.data} is not a folder of recordings")
         args.out.mkdir(parents=True, exist_ok=True)
-        for name in ("gpu-check.json", "gpu-check.md"):
+        for name in ("gpu-check.json", "gpu-check.md", "gpu-bench.json"):
             check_output(args.out / name, protected=[], force=args.force)
         report = run_gpu_check(args.out, args.data or default_data_dir(), lambda message: print(message,
                                                                                                   file=sys.stderr))

@@ -663,7 +663,9 @@ def _fake_backend(monkeypatch, cuda: FakeCuda, engine: FakeEngine, use_cuda_grap
     trt = SimpleNamespace(library="tensorrt", version="10.3.0", module=module, logger=lambda: logger)
     monkeypatch.setattr(backend_module, "load_tensorrt", lambda library: trt)
     monkeypatch.setattr(backend_module, "cuda_api", lambda: cuda)
-    return backend_module.TensorRTBackend(__file__, _plan_manifest(), use_cuda_graph=use_cuda_graph)
+    from csfm_edge.runtime.backends import BackendOptions
+
+    return backend_module.TensorRTBackend(__file__, _plan_manifest(), BackendOptions(cuda_graph=use_cuda_graph))
 
 
 def test_engine_lifecycle_releases_everything(monkeypatch):

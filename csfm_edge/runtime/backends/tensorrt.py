@@ -177,6 +177,9 @@ class TensorRTBackend:
 
     def __init__(self, plan: Path, manifest: Manifest, options: BackendOptions):
         use_cuda_graph = options.cuda_graph
+        if options.device_id != 0:  # the CUDA layer computes on the first visible GPU
+            raise BackendUnavailableError(f"the TensorRT backend runs on the first visible GPU, not device "
+                                          f"{options.device_id}: choose the GPU with CUDA_VISIBLE_DEVICES")
         engine_profiles(manifest)  # a plan's manifest must say how and for what it was built
         self.trt = load_tensorrt(manifest.tensorrt.library)
         self.cuda = cuda_api()
