@@ -19,7 +19,11 @@ from csfm_edge.errors import CsfmError
 
 # Optional dependencies and the extra that brings each.
 EXTRAS = {"torch": "export", "onnx": "export", "matplotlib": "plot", "wfdb": "wfdb", "openvino": "openvino",
-          "neurokit2": "dev", "cuda": "tensorrt", "pyarrow": "table", "pyedflib": "edf"}
+          "neurokit2": "dev", "cuda": "tensorrt", "pyarrow": "table", "pyedflib": "edf",
+          "model_signing": "sign", "OpenSSL": "sign"}
+# Base dependencies a broken or partial install can lack: the command that restores each.
+BASE = {"onnxruntime": "pip install onnxruntime (onnxruntime-gpu on NVIDIA machines)",
+        "numpy": "pip install csfm-edge", "scipy": "pip install csfm-edge", "tqdm": "pip install csfm-edge"}
 
 
 @dataclass(frozen=True)
@@ -37,6 +41,8 @@ COMMANDS = (
     Command("verify", "re-run an artifact's verification against the PyTorch reference", c.verify_flags, c.verify),
     Command("build", "build a TensorRT engine (.plan) from an exported ONNX graph", c.build_flags, c.build),
     Command("info", "print an artifact's manifest readably (and check the file against it)", c.info_flags, c.info),
+    Command("sign", "sign artifacts (OpenSSF model signing): NAME.sig beside each, checked by --trust",
+            c.sign_flags, c.sign),
     Command("run", "run an artifact on a recording: per-window features/logits with times and flags",
             c.run_flags, c.run),
     Command("bench", "benchmark artifacts across batch sizes, lead sets and window lengths", c.bench_flags, c.bench),
@@ -72,10 +78,11 @@ def main(argv: list[str] | None = None) -> int:
     except ModuleNotFoundError as exc:  # an optional extra that is not installed
         module = (exc.name or "").split(".")[0]
         extra = EXTRAS.get(module)
-        if extra is None:
+        if extra is None and module not in BASE:
             raise
-        print(f"csfm-edge {args.command}: error: needs {module!r}, which is not installed: "
-              f"pip install 'csfm-edge[{extra}]'", file=sys.stderr)
+        install = BASE.get(module) or f"pip install 'csfm-edge[{extra}]'"
+        print(f"csfm-edge {args.command}: error: needs {module!r}, which is not installed: {install}",
+              file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print(f"csfm-edge {args.command}: interrupted", file=sys.stderr)

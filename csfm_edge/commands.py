@@ -98,6 +98,32 @@ def data_dir(args: argparse.Namespace) -> Path | None:
     if args.data is not None and not args.data.is_dir():
         raise InputFileError(f"--data {args.data} is not a folder of recordings")
     return args.data or default_data_dir()
+def add_trust_flag(p: argparse.ArgumentParser) -> None:
+    """``--trust``: every command that opens an artifact opens only signed ones when given (or $CSFM_EDGE_TRUST)."""
+    p.add_argument("--trust", type=Path, default=None, metavar="PUBLIC.pem",
+                   help="open artifacts only if their signature (csfm-edge sign) verifies with this EC public key, "
+                        "or CA certificate for certificate signatures (default $CSFM_EDGE_TRUST; unset: no check)")
+
+
+def sign_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("artifacts", nargs="+", type=Path, metavar="ARTIFACT",
+                   help=".onnx or .plan files: each gets NAME.sig beside it, over the file and its manifest")
+    p.add_argument("--key", type=Path, required=True, metavar="PRIVATE.pem",
+                   help="EC private key in PEM (openssl ecparam -name prime256v1 -genkey -noout -out key.pem)")
+    p.add_argument("--certificate", type=Path, default=None,
+                   help="sign with this X.509 certificate of the key (verified later against a CA with --trust CA.pem)")
+    p.add_argument("--chain", type=Path, action="append", default=[],
+                   help="intermediate certificates up to the CA (repeat)")
+
+
+def sign(args: argparse.Namespace) -> int:
+    from csfm_edge.runtime.trust import SigningKey, sign_artifacts
+
+    if args.certificate is None and args.chain:
+        raise CsfmError("--chain goes with --certificate")
+    for signature in sign_artifacts(args.artifacts, SigningKey(args.key, args.certificate, tuple(args.chain))):
+        print(f"wrote {signature}")
+    return 0
 
 
 def env(args: argparse.Namespace) -> int:
@@ -131,6 +157,8 @@ def export_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--exporter", default="dynamo", choices=("dynamo", "tracer"),
                    help="torch.export (dynamo=True, default) or the deprecated TorchScript tracer")
     add_output_flags(p, "output folder", required=True, force_help="overwrite existing artifacts")
+    p.add_argument("--sign-key", type=Path, default=None, metavar="PRIVATE.pem",
+                   help="sign every artifact written with this EC private key (as csfm-edge sign)")
 
 
 def export(args: argparse.Namespace) -> int:
@@ -147,7 +175,7 @@ def export(args: argparse.Namespace) -> int:
                              int8_keep_float=() if args.int8_keep_float == "none" else tuple(
                                  split_list(args.int8_keep_float)),
                              allow_small_calibration=args.allow_small_calibration, opset=args.opset,
-                             exporter=args.exporter, force=args.force))
+                             exporter=args.exporter, force=args.force, sign_key=args.sign_key))
     return 0
 
 
@@ -156,12 +184,13 @@ def verify_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--checkpoint", type=Path, help="the checkpoint it was exported from (not needed if untrained)")
     add_data_flag(p)
     add_backend_flags(p)
+    add_trust_flag(p)
 
 
 def verify(args: argparse.Namespace) -> int:
     from csfm_edge.export.reverify import reverify
 
-    result = reverify(args.artifact, args.checkpoint, data_dir(args), backend_options(args))
+    result = reverify(args.artifact, args.checkpoint, data_dir(args), backend_options(args), args.trust)
     print(f"{'case':18} {'shape':>14} {'max abs':>10} {'min cos':>10}")
     for r, _ in result.results:
         print(f"{r.case:18} {'x'.join(map(str, r.shape)):>14} {r.max_abs:10.2e} {r.min_cosine:10.6f}")
@@ -197,12 +226,17 @@ def build(args: argparse.Namespace) -> int:
 
 def info_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("artifact", type=Path, help=".onnx or .plan with its manifest")
+    add_trust_flag(p)
 
 
 def info(args: argparse.Namespace) -> int:
     from csfm_edge.runtime.manifest import describe_manifest, read_manifest
+    from csfm_edge.runtime.trust import verify_artifact
 
+    anchor = verify_artifact(args.artifact, args.trust)
     print(describe_manifest(read_manifest(args.artifact)))
+    if anchor is not None:
+        print(f"signature   verified with {anchor}")
     return 0
 
 
@@ -229,6 +263,7 @@ def run_flags(p: argparse.ArgumentParser) -> None:
                         "NAME.errors.json)")
     p.add_argument("--resume", action="store_true", help="continue an interrupted --out .parquet batch")
     p.add_argument("--workers", type=int, default=2, help="threads reading and preprocessing ahead (default 2)")
+    add_trust_flag(p)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -236,11 +271,12 @@ def run(args: argparse.Namespace) -> int:
     from csfm_edge.recordings.batch import errors_path, find_recordings
     from csfm_edge.recordings.readers import read_lead_map
     from csfm_edge.runtime.manifest import manifest_path
+    from csfm_edge.runtime.trust import signature_path
 
     paths = find_recordings(args.inputs, args.recursive)
     single = len(args.inputs) == 1 and args.inputs[0].is_file()
     suffix = args.out.suffix.lower() if args.out is not None else None
-    protected = [*paths, args.artifact, manifest_path(args.artifact)]
+    protected = [*paths, args.artifact, manifest_path(args.artifact), signature_path(args.artifact)]
     protected += [p for p in (args.lead_map, args.checkpoint) if p is not None]
     if args.out is not None:  # before any work: nothing of the user's is overwritten, nothing computed in vain
         check_output(args.out, protected=protected, force=args.force)
@@ -256,7 +292,7 @@ def run(args: argparse.Namespace) -> int:
         return _run_one(args, paths[0], leads, lead_map)
     if args.check:
         raise CsfmError("--check compares one recording with the PyTorch reference; pass a single file")
-    return _run_batch(args, paths, leads, lead_map)
+    return _run_batch(args, leads, lead_map)
 
 
 def _run_one(args: argparse.Namespace, path: Path, leads: list[str] | None, lead_map) -> int:
@@ -267,7 +303,7 @@ def _run_one(args: argparse.Namespace, path: Path, leads: list[str] | None, lead
     from csfm_edge.runtime.session import Session
 
     recording = read_recording(path, args.fs, leads, lead_map)
-    session = Session.open(args.artifact, backend_options(args))
+    session = Session.open(args.artifact, backend_options(args), trust=args.trust)
     started = time.perf_counter()
     result = session.embed(recording.signal, recording.fs, recording.leads, hop_s=args.hop, strict=args.strict,
                            max_windows=args.max_windows)
@@ -290,7 +326,7 @@ def _run_one(args: argparse.Namespace, path: Path, leads: list[str] | None, lead
         print(f"aggregate features: dim {result.aggregate['features'].shape[0]}, "
               f"L2 norm {np.linalg.norm(result.aggregate['features']):.3f}")
     if args.check:
-        reference = Session.open(args.artifact, reference=True, checkpoint=args.checkpoint)
+        reference = Session.open(args.artifact, reference=True, checkpoint=args.checkpoint, trust=args.trust)
         expected = reference.embed(recording.signal, recording.fs, recording.leads, hop_s=args.hop,
                                    strict=args.strict, max_windows=args.max_windows)
         print(f"check vs PyTorch reference: {compare_results(expected, result).describe()}")
@@ -301,18 +337,22 @@ def _run_one(args: argparse.Namespace, path: Path, leads: list[str] | None, lead
     return 0
 
 
-def _run_batch(args: argparse.Namespace, paths: list[Path], leads: list[str] | None, lead_map) -> int:
+def _run_batch(args: argparse.Namespace, leads: list[str] | None, lead_map) -> int:
     import time
 
     from csfm_edge.recordings.batch import BatchRequest, errors_path, run_batch
 
     started = time.perf_counter()
-    summary = run_batch(BatchRequest(args.artifact, paths, out=args.out, fs=args.fs, leads=leads, lead_map=lead_map,
-                                     hop_s=args.hop, strict=args.strict, max_windows=args.max_windows,
-                                     options=backend_options(args), resume=args.resume, workers=args.workers))
+    # the inputs as given: run_batch expands the folders itself, and lists what in them cannot be read
+    summary = run_batch(BatchRequest(args.artifact, list(args.inputs), recursive=args.recursive, out=args.out,
+                                     fs=args.fs, leads=leads, lead_map=lead_map, hop_s=args.hop,
+                                     strict=args.strict, max_windows=args.max_windows,
+                                     options=backend_options(args), resume=args.resume, workers=args.workers,
+                                     trust=args.trust))
     took = time.perf_counter() - started
     print(f"{summary.scored} of {summary.records} recordings scored ({summary.windows} windows) in {took:.1f} s"
           + (f"; {summary.skipped} already scored (resumed)" if summary.skipped else "")
+          + (f"; {summary.redone} damaged parts scored again" if summary.redone else "")
           + (f"; {len(summary.failed)} failed" if summary.failed else ""))
     for failure in summary.failed:
         print(f"  failed {failure['path']}: {failure['error']}")
@@ -340,6 +380,8 @@ def bench_flags(p: argparse.ArgumentParser) -> None:
     add_backend_flags(p, several=True)
     add_data_flag(p, "timing and accuracy")
     p.add_argument("--json", type=Path, default=None, help="results file, rewritten after every case")
+    p.add_argument("--force", action="store_true", help="replace an existing --json file")
+    add_trust_flag(p)
 
 
 def bench(args: argparse.Namespace) -> int:
@@ -348,7 +390,8 @@ def bench(args: argparse.Namespace) -> int:
     providers = split_list(args.provider) if args.provider else [None]
     record = run_bench(BenchConfig(args.targets, _int_list(args.batch), split_list(args.lead_sets),
                                    _int_list(args.time), args.warmup_s, args.duration_s, data_dir(args),
-                                   [backend_options(args, p) for p in providers], args.json))
+                                   [backend_options(args, p) for p in providers], args.json, trust=args.trust,
+                                   force=args.force))
     print(f"{'target':44} {'leads':8} {'batch':>5} {'p50 ms':>9} {'p90 ms':>9} {'win/s':>9} {'cosine':>9}")
     for r in record["results"]:
         cosine = r["accuracy_min_cosine_vs_fp32"]
@@ -369,7 +412,7 @@ def report_flags(p: argparse.ArgumentParser) -> None:
 def bench_report(args: argparse.Namespace) -> int:
     from csfm_edge.bench.report import build_report
 
-    for path in build_report(args.results, args.out):
+    for path in build_report(args.results, args.out, args.force):
         print(f"wrote {path}")
     return 0
 
@@ -388,6 +431,7 @@ def triton_repo_flags(p: argparse.ArgumentParser) -> None:
     add_provider_flag(p, help="--platform python: the backend its Session opens (default: the best installed)")
     p.add_argument("--preprocess", action="store_true",
                    help="add a preprocessing ensemble per model (raw signal at any rate in; Python backend)")
+    add_trust_flag(p)
 
 
 def triton_repo(args: argparse.Namespace) -> int:
@@ -395,7 +439,7 @@ def triton_repo(args: argparse.Namespace) -> int:
 
     configs = write_repository(TritonRepoRequest(args.artifacts, args.out, split_list(args.lead_sets), args.platform,
                                                  args.max_batch, args.max_queue_delay_us, args.instances, args.kind,
-                                                 args.preprocess, args.force, args.provider))
+                                                 args.preprocess, args.force, args.provider, args.trust))
     for config in configs:
         print(f"wrote {config}")
     return 0
@@ -411,6 +455,7 @@ def serve_flags(p: argparse.ArgumentParser) -> None:
     add_lead_sets_flag(p, "one Triton model each")
     add_batching_flags(p)
     add_backend_flags(p)
+    add_trust_flag(p)
 
 
 def serve(args: argparse.Namespace) -> int:
@@ -419,12 +464,12 @@ def serve(args: argparse.Namespace) -> int:
     if args.repository is not None:
         from csfm_edge.serving.bundled_server import RepositoryServeRequest, serve_repository_forever
 
-        serve_repository_forever(RepositoryServeRequest(args.repository, args.port, args.host))
+        serve_repository_forever(RepositoryServeRequest(args.repository, args.port, args.host, trust=args.trust))
         return 0
     from csfm_edge.serving.pytriton_server import ServeRequest, serve_forever
 
     serve_forever(ServeRequest(args.artifact, split_list(args.lead_sets), args.port, args.max_batch,
-                               args.max_queue_delay_us, backend_options(args), args.host))
+                               args.max_queue_delay_us, backend_options(args), args.host, trust=args.trust))
     return 0
 
 

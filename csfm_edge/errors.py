@@ -78,6 +78,11 @@ class ArtifactError(CsfmError):
     """An exported artifact whose manifest is missing, corrupt or does not match the file."""
 
 
+class TrustError(ArtifactError):
+    """An artifact whose signature is missing, does not match it, or was made with another key than the trusted
+    one; or a signing key or trust anchor that cannot be used."""
+
+
 class VerificationError(CsfmError):
     """An artifact that misses its tolerance against the PyTorch reference."""
 

@@ -48,6 +48,8 @@ def lead_id(lead: str | int) -> int:
         key = lead.strip().upper()
         if key in _BY_NAME:
             return _BY_NAME[key]
+        if key.isdigit():  # an id as text ("1", "12"), as the command line takes it
+            return lead_id(int(key))
         raise LeadError(
             f"unknown lead {lead!r}; CSFM knows {', '.join(LEAD_NAMES)} "
             f"(aliases {', '.join(ALIASES)}) or ids 0..{NUM_CHANNEL_TYPES - 1}"

@@ -43,6 +43,9 @@ CASES = [  # (argv with {d} for the folder, what stderr must say)
     (["serve"], "ARTIFACT or --repository"),
     (["serve", "--repository", "{d}/missing"], "missing"),
     (["doctor", "{d}/garbage.onnx", "--data", "{d}/missing"], "missing"),
+    (["sign", "{d}/garbage.onnx", "--key", "{d}/missing.pem"], "garbage.onnx"),
+    (["sign", "{d}/nothing.onnx", "--key", "{d}/missing.pem"], "nothing.onnx"),
+    (["info", "{d}/garbage.onnx", "--trust", "{d}/missing.pem"], "missing.pem"),
 ]
 
 

@@ -296,11 +296,16 @@ def test_run_refuses_an_empty_batch(session):
         session.run(np.zeros((0, 2, 2500), np.float32), [1, 12])
 
 
-def test_cli_refuses_an_implausible_rate_in_one_line(tiny_artifacts, data_dir):
-    done = _cli("run", str(tiny_artifacts["int8"]), str(data_dir / "mitdb100_5min.npz"), "--fs", "1")
+def test_cli_refuses_an_implausible_rate_in_one_line(tiny_artifacts, data_dir, tmp_path):
+    with np.load(data_dir / "mitdb100_5min.npz") as record:
+        np.save(tmp_path / "rec.npy", record["signal"])  # no rate in the file: --fs gives it
+    done = _cli("run", str(tiny_artifacts["int8"]), str(tmp_path / "rec.npy"), "--fs", "1", "--leads", "MLII,V5")
     assert done.returncode == 1 and "Traceback" not in done.stderr
     [line] = done.stderr.strip().splitlines()
     assert "sampling rate 1 Hz" in line
+    done = _cli("run", str(tiny_artifacts["int8"]), str(data_dir / "mitdb100_5min.npz"), "--fs", "1")
+    [line] = done.stderr.strip().splitlines()  # a file that records its rate: --fs may not contradict it
+    assert done.returncode == 1 and "records its rate (360 Hz); --fs 1 disagrees" in line
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess:

@@ -60,8 +60,11 @@ def test_repository_configs_parse_and_folded_graphs_match(tiny_artifacts, tmp_pa
     model = parse_config(python[0])
     assert model.backend == "python" and model.instance_group[0].kind == model.instance_group[0].KIND_CPU
     assert {k: v.string_value for k, v in model.parameters.items()} == {
-        "artifact": "model.onnx", "lead_set": "12lead", "provider": "openvino"}
-    assert read_manifest(python[0].parent / "1" / "model.onnx").file.name == "model.onnx"  # checked under its name
+        "artifact": tiny_artifacts["int8"].name, "lead_set": "12lead", "provider": "openvino"}
+    # the artifact and its sidecar byte for byte under their own names (a signature, where there is one, holds)
+    copied = python[0].parent / "1" / tiny_artifacts["int8"].name
+    assert copied.read_bytes() == tiny_artifacts["int8"].read_bytes()
+    assert read_manifest(copied).file.name == tiny_artifacts["int8"].name
 
     folded = ort.InferenceSession(str(out / "csfm-tiny-fp32-ii_ppg" / "1" / "model.onnx"),
                                   providers=["CPUExecutionProvider"])

@@ -12,7 +12,7 @@ from collections import defaultdict
 from pathlib import Path
 
 from csfm_edge.errors import CsfmError, InputFileError
-from csfm_edge.fileio import write_atomically
+from csfm_edge.fileio import check_output, check_output_folder, write_atomically
 
 
 def machine_label(machine: dict) -> str:
@@ -144,9 +144,12 @@ def _save(fig, path: Path) -> Path:
     return path
 
 
-def build_report(paths: list[Path], out_dir: Path) -> list[Path]:
+def build_report(paths: list[Path], out_dir: Path, force: bool = False) -> list[Path]:
+    check_output_folder(out_dir)
+    report = out_dir / "report.md"
+    if out_dir.is_dir():  # a new folder holds nothing to protect
+        check_output(report, protected=list(paths), force=force)
     rows = load_results(paths)
     out_dir.mkdir(parents=True, exist_ok=True)
-    report = out_dir / "report.md"
     write_atomically(report, ("# csfm-edge benchmark report\n\n" + markdown_tables(rows)).encode())
     return [report, *plots(rows, out_dir)]

@@ -24,15 +24,16 @@ from csfm_edge.bench.power import PowerSampler
 from csfm_edge.bench.timing import measure
 from csfm_edge.config import SAMPLE_RATE_HZ, CSFMConfig, size_config
 from csfm_edge.errors import CsfmError, LeadError, ParameterError
-from csfm_edge.fileio import write_atomically
+from csfm_edge.fileio import check_output, write_atomically
 from csfm_edge.leads import lead_set, rows_of
 from csfm_edge.metrics import compare
 from csfm_edge.progress import console_progress
 from csfm_edge.recordings.datasets import LeadSetBatch, lead_set_batches, real_batch
 from csfm_edge.runtime.backends import BackendOptions, open_backend, reference_backend
 from csfm_edge.runtime.backends.base import Backend
-from csfm_edge.runtime.manifest import ModelInfo, WeightsInfo, read_manifest
+from csfm_edge.runtime.manifest import ModelInfo, WeightsInfo, manifest_path, read_manifest
 from csfm_edge.runtime.preprocess import check_positive, preprocess
+from csfm_edge.runtime.trust import signature_path, verify_artifact
 from csfm_edge.spec import SPEC, check_window_length, precision_record
 
 TORCH_TARGETS = {"torch": "PyTorch eager fp32 (the authors' way)",
@@ -94,6 +95,8 @@ class BenchConfig:
     options: list[BackendOptions] = field(default_factory=lambda: [BackendOptions()])
     json_out: Path | None = None
     progress: Callable[[str], None] = console_progress
+    trust: Path | None = None  # artifacts open only if signed (see csfm_edge.runtime.trust)
+    force: bool = False  # replace an existing json_out
 
     def __post_init__(self) -> None:
         """Every setting checked before the machine is measured or anything is timed."""
@@ -108,6 +111,20 @@ class BenchConfig:
         check_positive("duration", self.duration_s)
         if self.warmup_s < 0 or not np.isfinite(self.warmup_s):
             raise ParameterError(f"warm-up must be 0 s or more, got {self.warmup_s!r}")
+
+
+def _artifact_paths(config: BenchConfig) -> list[Path]:
+    return [Path(spec.partition("@")[0]) for spec in config.targets if spec.partition(":")[0] not in TORCH_TARGETS]
+
+
+def check_config(config: BenchConfig) -> None:
+    """Refuse, before any case, what would otherwise fail every case or end as "skipped" with exit status 0: a
+    refused signature, and a results path onto an artifact or onto earlier results (settings: __post_init__)."""
+    for path in _artifact_paths(config):
+        verify_artifact(path, config.trust)
+    if config.json_out is not None:
+        protected = [p for path in _artifact_paths(config) for p in (path, manifest_path(path), signature_path(path))]
+        check_output(config.json_out, protected=protected, force=config.force, flag="--json")
 
 
 def _raw_windows(data_dir: Path | None, ids: np.ndarray) -> tuple[np.ndarray, float]:
@@ -248,6 +265,7 @@ class BenchRun:
 
 
 def run_bench(config: BenchConfig) -> dict:
+    check_config(config)
     run = BenchRun(config)
     run.save()
     return run.run()

@@ -34,7 +34,12 @@ class RecordingCalibrationReader(CalibrationDataReader):
 
     @classmethod
     def from_data_dir(cls, data_dir: Path | None, windows: int) -> RecordingCalibrationReader:
-        return cls(calibration_batches(data_dir, windows))
+        batches = calibration_batches(data_dir, windows)
+        if not any(len(b.signal) for b in batches):
+            raise CsfmError(f"no calibration windows in {data_dir}: verification and calibration never share a "
+                            "window, so a record under a minute goes whole to one of them (alternately by file name) "
+                            "and a longer one gives calibration 15-45 s of each minute; add recordings")
+        return cls(batches)
 
     def set_range(self, start_index: int, end_index: int) -> None:
         self._next, self._end = start_index, min(end_index, len(self.feeds))

@@ -24,6 +24,7 @@ from csfm_edge.export.embed import embed_manifest
 from csfm_edge.export.graph import export_fp32
 from csfm_edge.export.precision import DEFAULT_KEEP_FLOAT, keep_float_patterns, to_fp16, to_int8
 from csfm_edge.export.verify import run_cases, verification_cases, verify
+from csfm_edge.fileio import staging_folder
 from csfm_edge.leads import LEAD_NAMES
 from csfm_edge.model import CSFM, build, load_checkpoint
 from csfm_edge.progress import console_progress
@@ -45,7 +46,8 @@ from csfm_edge.runtime.manifest import (
     untrained_weights,
     write_manifest,
 )
-from csfm_edge.runtime.preprocess import DEFAULT_PPG_ORDER
+from csfm_edge.runtime.preprocess import DEFAULT_PPG_ORDER, check_positive
+from csfm_edge.runtime.trust import SigningKey, sign_artifacts, signing_config
 from csfm_edge.spec import DEFAULT_PRECISIONS, PRECISIONS, SPEC, artifact_stem, precision_record
 
 
@@ -66,6 +68,7 @@ class ExportRequest:
     exporter: str = "dynamo"  # or "tracer" (TorchScript, deprecated by PyTorch)
     force: bool = False
     progress: Callable[[str], None] = console_progress
+    sign_key: Path | None = None  # sign every artifact written with this EC private key (csfm-edge sign)
 
 
 def _check_request(request: ExportRequest, name: str) -> list[Path]:
@@ -73,8 +76,12 @@ def _check_request(request: ExportRequest, name: str) -> list[Path]:
     unknown = [p for p in request.precisions if p not in PRECISIONS]
     if unknown or not request.precisions:
         raise CsfmError(f"unknown precision {unknown or '(none)'}; choose from {', '.join(PRECISIONS)}")
+    if request.calibration_data is not None and request.calibration_data.is_file():
+        raise CsfmError(f"--calibration-data {request.calibration_data} is a file: name the folder of recordings")
     if request.calibration_data is not None and not request.calibration_data.is_dir():
         raise CsfmError(f"calibration data folder {request.calibration_data} does not exist")
+    if "int8" in request.precisions:  # the calibrated precision
+        check_positive("--calibration-windows", request.calibration_windows, integer=True)
     out = request.out_dir
     try:
         out.mkdir(parents=True, exist_ok=True)
@@ -124,6 +131,10 @@ def _calibration_reader(request: ExportRequest) -> RecordingCalibrationReader:
         raise CsfmError(f"only {len(reader)} real calibration windows, fewer than the {request.calibration_windows} "
                         "asked for: pass a larger --calibration-data folder, fewer --calibration-windows, or "
                         "--allow-small-calibration")
+    covered = {int(i) for b in reader.batches for i in b.channel_ids}
+    if missing := [name for i, name in enumerate(LEAD_NAMES) if i not in covered]:
+        request.progress(f"[export] warning: the calibration windows hold no {', '.join(missing)}, which the INT8 "
+                         "artifact accepts: its ranges are not calibrated on those leads (add recordings with them)")
     return reader
 
 
@@ -166,6 +177,8 @@ def export(request: ExportRequest) -> list[Path]:
         size_config(request.size)
     name = request.size if model is None else (model.config.name or custom_name(model.config))
     targets = _check_request(request, name)
+    if request.sign_key is not None:  # a key that cannot sign fails before the long work
+        signing_config(SigningKey(request.sign_key))
     remove_stale_exports(request.out_dir)
     weights = request.checkpoint or f"UNTRAINED random weights (seed {request.seed})"
     say(f"[export] loading CSFM {name} from {weights}")
@@ -180,7 +193,7 @@ def export(request: ExportRequest) -> list[Path]:
     say(f"[export] PyTorch reference on {len(cases)} cases")
     reference = run_cases(reference_backend(model), cases, "reference", say)
     written: list[Path] = []
-    with tempfile.TemporaryDirectory(dir=request.out_dir, prefix=f"{STAGING_PREFIX}{os.getpid()}-") as tmp:
+    with staging_folder(request.out_dir, STAGING_PREFIX) as tmp:  # removed even after SIGKILL
         fp32 = Path(tmp) / "traced.onnx"
         say(f"[export] exporting to ONNX ({request.exporter}, opset {request.opset})")
         exported_by = export_fp32(model, fp32, request.opset, request.exporter)
@@ -217,6 +230,9 @@ def export(request: ExportRequest) -> list[Path]:
             os.replace(candidate, target)
             write_manifest(target, manifest)
             written.append(target)
+    if request.sign_key is not None:
+        for signature in sign_artifacts(written, SigningKey(request.sign_key)):
+            say(f"[export] signed: {signature.name}")
     say(f"[export] done in {time.perf_counter() - started:.0f} s: " + ", ".join(p.name for p in written))
     return written
 

@@ -65,6 +65,10 @@ def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises many types for a non-checkpoint file
+        if "weights_only" in str(exc):  # never repeat torch's advice to unpickle arbitrary objects (runs code)
+            raise CheckpointError(f"{path} is not a plain checkpoint: it holds Python objects besides tensors, "
+                                  "which csfm-edge does not unpickle (that could run code); save the state dict "
+                                  "alone (torch.save(model.state_dict(), ...))") from None
         raise CheckpointError(f"{path} is not a readable PyTorch checkpoint ({type(exc).__name__}: "
                               f"{str(exc).splitlines()[0] if str(exc) else ''})") from None
     for _ in range(3):  # unwrap {"model": ...} / {"state_dict": ...} nesting
@@ -156,6 +160,9 @@ def rebuild_weights(config: CSFMConfig, source: str, *, seed: int | None = None,
     the file whose sha256 the artifact recorded).
     """
     if source == "untrained":
+        if checkpoint is not None:  # a checkpoint given for nothing must not let a check pass unread
+            raise CheckpointError(f"the artifact has UNTRAINED weights (seed {seed}), not {Path(checkpoint).name}: "
+                                  "leave --checkpoint out (its reference is rebuilt from the seed)")
         return build(config, seed=seed)
     if checkpoint is None:
         raise CheckpointError(f"the artifact was exported from {name}: pass --checkpoint")

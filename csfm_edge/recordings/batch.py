@@ -20,15 +20,12 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
-
 from csfm_edge import __version__
-from csfm_edge.errors import CsfmError, InputFileError
-from csfm_edge.fileio import sha256_of, write_atomically
-from csfm_edge.recordings.readers import READABLE_SUFFIXES, Recording, read_recording
+from csfm_edge.errors import CsfmError, InputFileError, OutputError
+from csfm_edge.fileio import exclusive, sha256_of, write_atomically
+from csfm_edge.recordings.readers import READABLE_SUFFIXES, Recording, check_recording_file, read_recording
 from csfm_edge.runtime.backends import BackendOptions
-from csfm_edge.runtime.preprocess import segment_plan
-from csfm_edge.runtime.session import MAX_WINDOWS, EmbedResult, Prepared, Session
+from csfm_edge.runtime.session import MAX_WINDOWS, EmbedResult, Prepared, Session, long_record_plan
 
 PARTS_SUFFIX = ".parts"
 
@@ -39,11 +36,14 @@ def find_recordings(inputs: Sequence[str | Path], recursive: bool = False) -> li
     for item in map(Path, inputs):
         if item.is_dir():
             pattern = item.rglob("*") if recursive else item.iterdir()
-            found += sorted(p for p in pattern if p.is_file() and p.suffix.lower() in READABLE_SUFFIXES)
+            # every entry named as a recording, even one that is no regular file (a broken symlink, a symlink
+            # loop, a FIFO): it fails with its reason in the errors file instead of being skipped unsaid
+            found += sorted(p for p in pattern if p.suffix.lower() in READABLE_SUFFIXES and not p.is_dir())
         elif item.exists():
             found.append(item)
         else:
-            raise InputFileError(f"{item} does not exist")
+            raise InputFileError(f"{item} is a broken symlink or a symlink loop" if item.is_symlink()
+                                 else f"{item} does not exist")
     if not found:
         raise InputFileError(f"no recordings ({', '.join(READABLE_SUFFIXES)}) in {', '.join(map(str, inputs))}")
     return list(dict.fromkeys(found))
@@ -65,6 +65,7 @@ class BatchRequest:
     resume: bool = False
     workers: int = 2
     progress: bool = True
+    trust: Path | None = None  # open the artifact only if signed (see csfm_edge.runtime.trust)
 
 
 @dataclass
@@ -73,6 +74,7 @@ class BatchSummary:
     scored: int = 0
     windows: int = 0
     skipped: int = 0  # already scored by an interrupted run (resume)
+    redone: int = 0  # parts of an interrupted run found damaged, removed and scored again
     failed: list[dict] = field(default_factory=list)  # {"path", "error"}
 
     @property
@@ -98,12 +100,11 @@ def _part_name(index: int, digest: str) -> str:
 def _prepare(session: Session, index: int, path: Path, request: BatchRequest, done: set[str]
              ) -> tuple[Recording, Prepared | None, str] | None:
     """Read and preprocess one record (in a worker thread); None where an earlier run scored it already."""
-    digest = sha256_of(path)
+    digest = sha256_of(check_recording_file(path))
     if _part_name(index, digest) in done:
         return None
     recording = read_recording(path, request.fs, request.leads, request.lead_map)
-    if not isinstance(recording.fs, list) and segment_plan(np.shape(recording.signal)[1], recording.fs,
-                                                            request.hop_s) is not None:
+    if long_record_plan(recording.signal, recording.fs, recording.leads, request.hop_s) is not None:
         return recording, None, digest  # long: scored segment by segment on the engine's thread
     prepared = session.prepare(recording.signal, recording.fs, recording.leads, hop_s=request.hop_s,
                                strict=request.strict, max_windows=request.max_windows)
@@ -123,24 +124,41 @@ def _ahead(pool: ThreadPoolExecutor, work: Callable[[int, Path], object], paths:
 
 
 def run_batch(request: BatchRequest, session: Session | None = None) -> BatchSummary:
-    """Score every recording of ``request.inputs``; write the table (and its errors file) when ``out`` is set."""
+    """Score every recording of ``request.inputs``; write the table (and its errors file) when ``out`` is set.
+
+    While it writes ``out`` the run holds a lock beside it: a second run on the same ``out`` is refused at once."""
+    if request.out is None:
+        return _run_batch(request, session)
+    import pyarrow  # noqa: F401  (the table extra: missing, it fails here, before any file is made)
+
+    with exclusive(request.out):
+        return _run_batch(request, session)
+
+
+def _run_batch(request: BatchRequest, session: Session | None) -> BatchSummary:
     from tqdm import tqdm
 
     paths = find_recordings(request.inputs, request.recursive)
     summary = BatchSummary(len(paths))
     parts = _parts_folder(request.out) if request.out is not None else None
-    done: set[str] = set()
-    if parts is not None and parts.exists():
-        if not request.resume:
-            raise CsfmError(f"{parts} holds an interrupted run: pass --resume to continue it, or remove it")
-        done = {p.name for p in parts.glob("*.parquet")}
+    resuming = parts is not None and parts.exists()
+    if resuming and not request.resume:
+        raise CsfmError(f"{parts} holds an interrupted run: pass --resume to continue it, or remove it")
     own_session = session is None
-    session = session or Session.open(request.artifact, request.options)
+    session = session or Session.open(request.artifact, request.options, trust=request.trust)
     # the manifest's sha256 was just checked against the file when the session opened it: no second hash
     artifact_sha256 = session.manifest.file.sha256 if session.manifest.file else sha256_of(request.artifact)
+    done: set[str] = set()
     try:
-        if parts is not None:
-            parts.mkdir(exist_ok=True)
+        if resuming:
+            _check_resumable(parts, _settings(request, artifact_sha256))
+            done, summary.redone = _intact_parts(parts)
+        elif parts is not None:
+            parts.mkdir()
+            try:
+                write_atomically(parts / SETTINGS, json.dumps(_settings(request, artifact_sha256)).encode())
+            except OutputError as exc:
+                _give_up(parts, False, str(exc))
         todo = list(enumerate(paths))
         bar = tqdm(total=len(paths), unit="rec", disable=not request.progress, dynamic_ncols=True,
                    mininterval=0.5 if sys.stderr.isatty() else 10.0)  # a log gets a line every 10 s
@@ -165,7 +183,7 @@ def run_batch(request: BatchRequest, session: Session | None = None) -> BatchSum
                 summary.windows += len(result.start_s)
                 if parts is not None:
                     _write_part(parts / _part_name(index, digest), path, digest, recording, result,
-                                artifact_sha256, session)
+                                artifact_sha256, session, resuming)
                 bar.update()
                 bar.set_postfix(windows=summary.windows, failed=len(summary.failed))
         bar.close()
@@ -174,8 +192,15 @@ def run_batch(request: BatchRequest, session: Session | None = None) -> BatchSum
 
             metadata = {"artifact": str(request.artifact), "artifact_sha256": artifact_sha256,
                         "csfm_edge": __version__, "hop_s": request.hop_s, "model": session.info()}
-            join_parts(sorted(parts.glob("*.parquet")), request.out, metadata, session.manifest.outputs)
-            write_atomically(errors_path(request.out), (json.dumps(summary.failed, indent=1) + "\n").encode())
+            try:
+                join_parts(sorted(parts.glob("*.parquet")), request.out, metadata, session.manifest.outputs)
+            except OSError as exc:
+                _give_up(parts, resuming, f"cannot write {request.out}: {exc.strerror or exc}")
+            try:
+                write_atomically(errors_path(request.out), (json.dumps(summary.failed, indent=1) + "\n").encode())
+            except OutputError as exc:
+                request.out.unlink()  # the table without its errors file would hide the failures
+                _give_up(parts, resuming, str(exc))
             shutil.rmtree(parts)
     finally:
         if own_session:
@@ -184,7 +209,7 @@ def run_batch(request: BatchRequest, session: Session | None = None) -> BatchSum
 
 
 def _write_part(target: Path, path: Path, digest: str, recording: Recording, result: EmbedResult,
-                artifact_sha256: str, session: Session) -> None:
+                artifact_sha256: str, session: Session, resuming: bool) -> None:
     """One record's rows, written under a temporary name and renamed: a part is whole or absent."""
     import pyarrow.parquet as pq
 
@@ -192,5 +217,64 @@ def _write_part(target: Path, path: Path, digest: str, recording: Recording, res
 
     table = record_table(str(path), digest, recording, result, artifact_sha256, session.manifest.outputs)
     tmp = target.with_name(f".{target.name}.tmp{os.getpid()}")
-    pq.write_table(table, tmp)
-    os.replace(tmp, target)
+    try:
+        pq.write_table(table, tmp)
+        os.replace(tmp, target)
+    except OSError as exc:  # disk full, quota: one line, never a traceback
+        tmp.unlink(missing_ok=True)
+        _give_up(target.parent, resuming, f"cannot write {target.name}: {exc.strerror or exc}")
+
+
+def _give_up(parts: Path, resuming: bool, why: str) -> None:
+    """A write failed (disk full): remove what this run started, keep what an earlier run scored, say which."""
+    if not resuming:
+        shutil.rmtree(parts, ignore_errors=True)
+        raise OutputError(f"{why}: nothing kept; free space and run again")
+    for tmp in parts.glob(".*.tmp*"):
+        tmp.unlink(missing_ok=True)
+    raise OutputError(f"{why}: the records scored so far stay in {parts}; free space and --resume again")
+
+
+SETTINGS = "settings.json"  # in the parts folder: what the run scored with, so --resume cannot mix two
+
+
+def _settings(request: BatchRequest, artifact_sha256: str) -> dict:
+    """Everything that changes a row: the artifact's hash and every setting of the reading and the windowing."""
+    return {"artifact_sha256": artifact_sha256, "csfm_edge": __version__, "hop_s": request.hop_s,
+            "fs": request.fs, "leads": request.leads,
+            "lead_map": dict(request.lead_map) if request.lead_map is not None else None,
+            "strict": request.strict, "max_windows": request.max_windows}
+
+
+def _check_resumable(parts: Path, now: dict) -> None:
+    """Refuse to resume a run made with another artifact or other settings: one table must not mix two."""
+    try:
+        before = json.loads((parts / SETTINGS).read_text())
+    except (OSError, ValueError):
+        raise CsfmError(f"{parts} has no readable {SETTINGS}: what the interrupted run scored with is unknown; "
+                        "remove the folder and run again") from None
+    names = {"artifact_sha256": "artifact", "csfm_edge": "csfm-edge version", "hop_s": "--hop", "fs": "--fs",
+             "leads": "--leads", "lead_map": "--lead-map", "strict": "--strict", "max_windows": "--max-windows"}
+    differing = [f"{names.get(k, k)} ({before.get(k)!r}, now {now.get(k)!r})" for k in names
+                 if before.get(k) != json.loads(json.dumps(now.get(k)))]
+    if differing:
+        raise CsfmError(f"--resume: the interrupted run in {parts} used another {', '.join(differing)}: resume with "
+                        "the same artifact and settings, or remove the folder to start again")
+
+
+def _intact_parts(parts: Path) -> tuple[set[str], int]:
+    """The names of the parts that read back whole; damaged ones (truncated, overwritten) are removed and their
+    records scored again. Returns (intact names, how many were removed)."""
+    import pyarrow.parquet as pq
+
+    for tmp in parts.glob(".*.tmp*"):  # a write a hard kill interrupted
+        tmp.unlink(missing_ok=True)
+    intact, redone = set(), 0
+    for part in sorted(parts.glob("*.parquet")):
+        try:
+            pq.read_metadata(part)
+            intact.add(part.name)
+        except Exception:  # pyarrow raises ArrowInvalid, OSError ... for a file that is not whole
+            part.unlink()
+            redone += 1
+    return intact, redone

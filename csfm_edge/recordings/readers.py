@@ -19,6 +19,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import warnings
 import zipfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -146,6 +147,18 @@ def _rate(value, source: str) -> float:
     return rate
 
 
+def _check_given_fs(fs: float | None, recorded: Sequence[float], source: str) -> None:
+    """``--fs`` is for files that carry no rate: refuse one that contradicts the rate(s) the file records,
+    rather than resampling every lead as if recorded at another rate."""
+    if fs is None or not len(recorded):
+        return
+    given = _rate(fs, source)
+    if any(abs(float(r) - given) > 1e-9 * given for r in recorded):
+        listing = ", ".join(f"{float(r):g}" for r in sorted(set(float(r) for r in recorded)))
+        raise InputFileError(f"{source} records its rate ({listing} Hz); --fs {given:g} disagrees: leave --fs out "
+                             "(it is for files without a rate)")
+
+
 def _need_fs(fs: float | None, source: str) -> float:
     if fs is None:
         raise InputFileError(f"{source} does not record its sampling rate: pass --fs")
@@ -155,11 +168,7 @@ def _need_fs(fs: float | None, source: str) -> float:
 def read_recording(path: str | Path, fs: float | None = None, leads: Sequence[str | int] | None = None,
                    lead_map: Mapping[str, str] | None = None) -> Recording:
     """Read ``path`` by its suffix; ``fs``/``leads`` override or supply what the file lacks."""
-    path = Path(path)
-    if not path.exists():
-        raise InputFileError(f"{path} does not exist")
-    if path.is_dir():
-        raise InputFileError(f"{path} is a folder, not a recording")
+    path = check_recording_file(path)
     suffix = path.suffix.lower()
     if suffix != ".hea" and path.stat().st_size == 0:
         raise InputFileError(f"{path} is empty")
@@ -168,6 +177,20 @@ def read_recording(path: str | Path, fs: float | None = None, leads: Sequence[st
     if suffix not in readers:
         raise InputFileError(f"{path.name}: unknown input type {suffix!r} (use {', '.join(READABLE_SUFFIXES)})")
     return readers[suffix](path, fs, leads, lead_map)
+
+
+def check_recording_file(path: str | Path) -> Path:
+    """``path`` if it is a regular file; else an :class:`InputFileError` saying what it is instead, before anything
+    opens it (opening a FIFO blocks until someone writes to it)."""
+    path = Path(path)
+    if not path.exists():
+        raise InputFileError(f"{path} is a broken symlink or a symlink loop" if path.is_symlink()
+                             else f"{path} does not exist")
+    if path.is_dir():
+        raise InputFileError(f"{path} is a folder, not a recording")
+    if not path.is_file():  # a FIFO or a device: reading it could block for ever
+        raise InputFileError(f"{path} is not a regular file (a FIFO or a device?)")
+    return path
 
 
 def _rows(array: np.ndarray, fs: float, labels: Sequence[str] | None, leads, source: str, lead_map,
@@ -215,6 +238,8 @@ def _read_npz(path: Path, fs, leads, lead_map) -> Recording:
         ids = [int(i) for i in ids]
         if labels is None:
             labels = [LEAD_NAMES[i] if i >= 0 else f"row {r}" for r, i in enumerate(ids)]
+    if fs is not None and file_fs is not None:
+        _check_given_fs(fs, [_rate(np.ravel(file_fs)[0], path.name)], path.name)
     rate = _need_fs(fs if fs is not None else file_fs, path.name)
     return _rows(np.asarray(signal), rate, labels, leads, path.name, lead_map, ids)
 
@@ -231,10 +256,14 @@ def _read_csv(path: Path, fs, leads, lead_map) -> Recording:
     cells = next(csv.reader([first], dialect))
     header = not all(_is_number(c) for c in cells if c.strip())
     try:
-        table = np.loadtxt(path, delimiter=dialect.delimiter, skiprows=1 if header else 0, ndmin=2,
-                           encoding="utf-8-sig")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # "input contained no data": said below, in one line
+            table = np.loadtxt(path, delimiter=dialect.delimiter, skiprows=1 if header else 0, ndmin=2,
+                               encoding="utf-8-sig", quotechar='"')  # quoted numbers: as spreadsheets write them
     except ValueError as exc:
         raise InputFileError(f"{path.name}: not a numeric CSV of one column per lead ({exc})") from None
+    if table.size == 0:
+        raise InputFileError(f"{path.name} has {'a header but ' if header else ''}no rows of samples")
     labels = [strip_label(c) for c in cells] if header else None
     return _rows(table.T, _need_fs(fs, path.name), labels, leads, path.name, lead_map)
 
@@ -264,6 +293,7 @@ def _per_lead(labels: list[str], signals: Sequence[np.ndarray], rates: list[floa
               source: str) -> Recording:
     """Leads stored one array per channel, each at its own rate (WFDB, EDF)."""
     rows, names, dropped, mapping = _select(labels, len(labels), leads, source, lead_map)
+    _check_given_fs(fs, [rates[r] for r in rows], source)
     if fs is not None:
         rates = [_rate(fs, source)] * len(rates)
     chosen = [np.asarray(signals[r], dtype=np.float64) for r in rows]
@@ -305,30 +335,83 @@ class EdfRows:
         return self[:, :].astype(dtype or self.dtype, copy=False)
 
 
+class EdfLead:
+    """One lead of a multi-rate EDF/BDF (ECG 500 Hz beside PPG 125 Hz), read on demand: ``lead[start:stop]``
+    reads only that stretch, so a multi-rate Holter is also scored a segment at a time."""
+
+    ndim = 1
+    dtype = np.dtype(np.float64)
+
+    def __init__(self, path: Path, row: int, scale: float, samples: int):
+        self.path, self.row, self.scale = path, row, scale
+        self.shape = (samples,)
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getitem__(self, key: slice) -> np.ndarray:
+        import pyedflib
+
+        start, stop, step = key.indices(self.shape[0])
+        reader = pyedflib.EdfReader(str(self.path))
+        try:
+            return (reader.readSignal(self.row, start, max(stop - start, 0)) * self.scale)[::step]
+        finally:
+            reader.close()
+
+    def __array__(self, dtype=None, copy=None) -> np.ndarray:
+        return self[:].astype(dtype or self.dtype, copy=False)
+
+
+def _check_edf_size(path: Path) -> None:
+    """Refuse an EDF/BDF whose header accounts for fewer data records than the file holds: readers follow the
+    header and would silently leave the rest of the recording out (a header not updated after a crash)."""
+    with open(path, "rb") as f:
+        header = f.read(256)
+        try:
+            signals = int(header[252:256].decode("ascii").strip())
+            records = int(header[236:244].decode("ascii").strip())
+            f.seek(256 + signals * 216)
+            per_record = sum(int(f.read(8).decode("ascii").strip()) for _ in range(signals))
+        except (ValueError, UnicodeDecodeError):
+            return  # pyedflib says what is wrong with the header
+    width = 3 if header[:1] == b"\xff" else 2  # BDF: 24-bit samples
+    expected = 256 * (signals + 1) + records * per_record * width
+    size = path.stat().st_size
+    if records >= 0 and per_record and size >= expected + per_record * width:
+        held = (size - 256 * (signals + 1)) // (per_record * width)
+        raise InputFileError(f"{path.name}: its header counts {records} data records but the file holds {held}: "
+                             "the header is damaged or was not updated; refusing to read part of the recording "
+                             "(repair the header's record count)")
+
+
 def _read_edf(path: Path, fs, leads, lead_map) -> Recording:
     try:
         import pyedflib
     except ImportError:
         raise InputFileError("reading EDF/BDF needs pyedflib: pip install 'csfm-edge[edf]'") from None
+    _check_edf_size(path)
     try:
         reader = pyedflib.EdfReader(str(path))
     except OSError as exc:
         raise InputFileError(f"{path.name}: not a readable EDF/EDF+/BDF file ({exc})") from None
     try:
         labels = [str(label) for label in reader.getSignalLabels()]
+        if not labels:
+            raise InputFileError(f"{path.name} holds no signals (an annotations-only EDF+ file)")
         rates = [float(reader.getSampleFrequency(i)) for i in range(len(labels))]
         units = [str(reader.getPhysicalDimension(i)).strip().upper() for i in range(len(labels))]
         lengths = [int(n) for n in reader.getNSamples()]
         rows, names, dropped, mapping = _select(labels, len(labels), leads, path.name, lead_map)
+        _check_given_fs(fs, [rates[r] for r in rows], path.name)
         # physical values; ECG scaled to millivolts from the unit the file records
         scales = [1.0 if vendor_lead(labels[r], lead_map) == PPG_ID else TO_MILLIVOLTS.get(units[r], 1.0)
                   for r in rows]
         if len({rates[r] for r in rows}) == 1 and len({lengths[r] for r in rows}) == 1:
             rate = _rate(fs, path.name) if fs is not None else rates[rows[0]]
             return Recording(EdfRows(path, rows, scales, lengths[rows[0]]), rate, names, dropped, path.name, mapping)
-        signals: list[np.ndarray] = [np.empty(0)] * len(labels)
-        for r, scale in zip(rows, scales):
-            signals[r] = reader.readSignal(r) * scale
     finally:
         reader.close()
-    return _per_lead(labels, signals, rates, fs, leads, lead_map, path.name)
+    chosen = [rates[r] for r in rows] if fs is None else [_rate(fs, path.name)] * len(rows)
+    return Recording([EdfLead(path, r, scale, lengths[r]) for r, scale in zip(rows, scales)], chosen, names,
+                     dropped, path.name, mapping)

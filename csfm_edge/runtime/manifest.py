@@ -24,7 +24,7 @@ from csfm_edge.fileio import sha256_of, write_atomically
 from csfm_edge.metrics import Tolerance
 from csfm_edge.profiles import Profile
 from csfm_edge.runtime.preprocess import DEFAULT_PPG_ORDER, preprocessing_parameters
-from csfm_edge.spec import SPEC, Precision, precision_record
+from csfm_edge.spec import PRECISIONS, SPEC, Precision, precision_record
 
 MANIFEST_VERSION = 2
 
@@ -417,8 +417,73 @@ def read_manifest(artifact: str | Path, *, check_hash: bool = True) -> Manifest:
     sidecar's sha256 (or, without a sidecar, the embedded graph hash) must match the file.
     """
     artifact = Path(artifact)
+    if artifact.is_dir():
+        raise ArtifactError(f"artifact {artifact} is a folder, not an exported file")
     if not artifact.is_file():
-        raise ArtifactError(f"artifact {artifact} does not exist")
+        raise ArtifactError(f"artifact {artifact} is a broken symlink or a symlink loop" if artifact.is_symlink()
+                            else f"artifact {artifact} does not exist")
+    manifest = _read(artifact, check_hash)
+    problems = contradictions(manifest, _graph_facts(artifact))
+    if problems:
+        raise ArtifactError(f"{artifact.name}: its manifest contradicts the model itself: {'; '.join(problems)} "
+                            "(an edited manifest?): refusing to run")
+    return manifest
+
+
+def _graph_facts(artifact: Path):
+    if artifact.suffix.lower() != ".onnx":
+        return None
+    from csfm_edge.runtime.onnx_file import read_graph_facts
+
+    return read_graph_facts(artifact)
+
+
+def contradictions(manifest: Manifest, facts=None) -> list[str]:
+    """Claims of ``manifest`` that its own other fields, this package's tables, or the graph's ``facts``
+    (:class:`~csfm_edge.runtime.onnx_file.GraphFacts`) prove false. What no graph can prove (weights, filter
+    orders) is what signatures are for (:mod:`csfm_edge.runtime.trust`)."""
+    from csfm_edge.config import SIZES
+    from csfm_edge.leads import LEAD_NAMES
+
+    model, problems = manifest.model, []
+    known = SIZES.get(model.size)
+    if known is not None and (known.dim, known.depth, known.heads, known.mlp_dim) != (
+            model.dim, model.depth, model.heads, model.mlp_dim):
+        problems.append(f"size {model.size} has dim {known.dim}, depth {known.depth}, heads {known.heads}, MLP "
+                        f"{known.mlp_dim}, not {model.dim}, {model.depth}, {model.heads}, {model.mlp_dim}")
+    features = manifest.outputs.get(SPEC.features)
+    if features is None or features.width != model.dim:
+        problems.append(f"features are {features.width if features else 'missing'} wide for dim {model.dim}")
+    logits = manifest.outputs.get(SPEC.logits)
+    if (logits.width if logits else 0) != model.head_classes:
+        problems.append(f"logits {logits.width if logits else 'missing'} for a {model.head_classes}-class head")
+    if manifest.channel_ids and manifest.channel_ids != {name: i for i, name in enumerate(LEAD_NAMES)}:
+        problems.append("its channel table is not CSFM's")
+    if facts is None:
+        return problems
+    for name, tensor in manifest.outputs.items():
+        if name not in facts.output_widths:
+            problems.append(f"the graph has no output {name!r}")
+        elif facts.output_widths[name] not in (None, tensor.width):
+            problems.append(f"the graph's {name} are {facts.output_widths[name]} wide, not {tensor.width}")
+    extra = sorted(set(facts.output_widths) - set(manifest.outputs))
+    if extra:
+        problems.append(f"the graph has outputs {', '.join(extra)} the manifest does not name")
+    if facts.attention_blocks and facts.attention_blocks != model.depth:
+        problems.append(f"the graph has {facts.attention_blocks} attention blocks, not depth {model.depth}")
+    record = PRECISIONS.get(manifest.precision)
+    if record is None:
+        return [*problems, f"precision {manifest.precision!r} is none of {', '.join(PRECISIONS)}"]
+    if facts.quantized != record.quantized:
+        problems.append(f"precision {manifest.precision}, but the graph is "
+                        + ("quantized (Q/DQ or integer ops)" if facts.quantized else "not quantized"))
+    if facts.float16 != (record.compute == "fp16"):
+        problems.append(f"precision {manifest.precision}, but the graph "
+                        + ("holds float16 weights" if facts.float16 else "holds no float16 weights"))
+    return problems
+
+
+def _read(artifact: Path, check_hash: bool) -> Manifest:
     path = manifest_path(artifact)
     if not path.is_file():
         return _embedded_only(artifact, path, check_hash)
@@ -469,6 +534,14 @@ def _embedded_only(artifact: Path, path: Path, check_hash: bool) -> Manifest:
             embedded, graph_sha256 = _embedded(artifact, hash_graph=check_hash)
         except ArtifactError as exc:
             reason = f" ({exc})"
+    elif artifact.suffix.lower() not in (".plan", ".engine"):
+        try:  # an exported graph under another suffix (.bin, .model): say so, rather than "none readable"
+            found = _embedded(artifact, hash_graph=False)[0]
+        except ArtifactError:
+            found = None
+        if found is not None:
+            raise ArtifactError(f"{artifact.name} is an exported ONNX graph under another suffix: name it "
+                                f"{artifact.stem}.onnx (csfm-edge picks the runtime by the suffix)")
     if embedded is None:
         raise ArtifactError(f"{artifact.name} has no manifest {path.name} beside it and none readable inside{reason}: "
                             "refusing to run an artifact that cannot say what it is (re-export it with csfm-edge "

@@ -482,8 +482,30 @@ def segment_plan(samples: int, fs: float, hop_s: float) -> list[Segment] | None:
     whose segment starts do not fall on the 250-Hz grid (non-integer rates): those run whole."""
     if samples / fs <= LONG_RECORD_S or not float(fs).is_integer():
         return None
-    grid = int(SAMPLE_RATE_HZ) // math.gcd(int(fs), int(SAMPLE_RATE_HZ))  # 250-Hz samples per whole raw sample
-    total = int(samples * SAMPLE_RATE_HZ / fs)
+    return [Segment(*_raw_bounds(low, high, fs, samples), offsets)
+            for low, high, offsets in _model_rate_plan(int(samples * SAMPLE_RATE_HZ / fs), hop_s, [fs])]
+
+
+def rates_segment_plan(lengths: Sequence[int], rates: Sequence[float], hop_s: float) -> list[list[Segment]] | None:
+    """:func:`segment_plan` for leads recorded at their own rates (bedside ECG 500 Hz with PPG 125 Hz): per
+    segment, one :class:`Segment` per lead covering the same stretch of time, so a multi-rate Holter is also
+    read and resampled a segment at a time. None where the record is short or a rate is not whole."""
+    if not lengths or any(not float(r).is_integer() or r <= 0 for r in rates):
+        return None
+    seconds = min(n / r for n, r in zip(lengths, rates))
+    if seconds <= LONG_RECORD_S:
+        return None
+    return [[Segment(*_raw_bounds(low, high, r, n), offsets) for n, r in zip(lengths, rates)]
+            for low, high, offsets in _model_rate_plan(int(seconds * SAMPLE_RATE_HZ), hop_s, rates)]
+
+
+def _model_rate_plan(total: int, hop_s: float, rates: Sequence[float]) -> list[tuple[int, int, tuple[int, ...]]]:
+    """Segments on the 250-Hz grid: (low, high, window offsets from low); ``low`` falls on a whole raw sample of
+    every rate."""
+    grid = 1
+    for fs in rates:  # 250-Hz samples per whole raw sample, for every rate at once
+        step = int(SAMPLE_RATE_HZ) // math.gcd(int(fs), int(SAMPLE_RATE_HZ))
+        grid = grid * step // math.gcd(grid, step)
     offsets = window_offsets(total, hop_s)
     span, margin = int(SEGMENT_S * SAMPLE_RATE_HZ), int(SEGMENT_MARGIN_S * SAMPLE_RATE_HZ)
     plan, first = [], 0
@@ -495,10 +517,14 @@ def segment_plan(samples: int, fs: float, hop_s: float) -> list[Segment] | None:
             low = max(offsets[first] - margin, 0)
             low -= low % grid
             high = min(offsets[last - 1] + WINDOW_SAMPLES + margin, total)
-            plan.append(Segment(int(low * fs / SAMPLE_RATE_HZ), min(math.ceil(high * fs / SAMPLE_RATE_HZ), samples),
-                                tuple(o - low for o in offsets[first:last])))
+            plan.append((low, high, tuple(o - low for o in offsets[first:last])))
         first = last
     return plan
+
+
+def _raw_bounds(low: int, high: int, fs: float, samples: int) -> tuple[int, int]:
+    """The raw samples [start, stop) at ``fs`` that cover 250-Hz samples [low, high)."""
+    return int(low * fs / SAMPLE_RATE_HZ), min(math.ceil(high * fs / SAMPLE_RATE_HZ), samples)
 
 
 def align_rates(leads_signals: Sequence[np.ndarray], rates: Sequence[float], names: Sequence[str],

@@ -40,9 +40,11 @@ from csfm_edge.runtime.preprocess import (
     align_rates,
     check_positive,
     check_rate,
+    rates_segment_plan,
     segment_plan,
     sliding_windows,
 )
+from csfm_edge.runtime.trust import verify_artifact
 from csfm_edge.spec import SPEC, check_window_length
 
 SHORT_RECORD_S = 5.0  # below this a window is mostly zero padding: warn
@@ -144,11 +146,64 @@ class Prepared:
     dropped: list[DroppedLead]
 
 
+def _check_signal_shape(signal, fs, names: list[str], multi_rate: bool) -> None:
+    """A :class:`ShapeError` saying what is wrong with the layout of ``signal`` (and of ``fs`` per lead), before
+    NumPy fails on it with a TypeError or IndexError that names nothing."""
+    if multi_rate:
+        if np.ndim(fs) != 1 or len(fs) != len(names):
+            raise ShapeError(f"{np.size(fs)} sampling rates for {len(names)} leads {names}: give one rate per lead")
+        if isinstance(signal, np.ndarray) and signal.dtype.kind != "O":
+            rows = list(signal) if signal.ndim == 2 else [signal]
+        elif isinstance(signal, (list, tuple)) or (isinstance(signal, np.ndarray) and signal.ndim == 1):
+            rows = list(signal)
+        else:
+            raise ShapeError(f"with one rate per lead, signal is one 1-D array per lead, got {type(signal).__name__}")
+        if len(rows) != len(names):
+            raise ShapeError(f"signal has {len(rows)} rows for {len(names)} leads {names}")
+        for row, name in zip(rows, names):
+            lazy = hasattr(row, "ndim") and hasattr(row, "dtype")  # an array, or a reader that reads on slicing
+            ndim, dtype = (row.ndim, np.dtype(row.dtype)) if lazy else (np.ndim(row), np.asarray(row).dtype)
+            if ndim != 1 or dtype.kind not in "iufb":
+                raise ShapeError(f"lead {name}: expected a 1-D array of numbers, got {ndim} dimensions of {dtype}")
+        return
+    array = np.asarray(signal) if not isinstance(signal, np.ndarray) else signal
+    if array.dtype.kind == "O":
+        raise ShapeError("signal is an object array (rows of different lengths, or not numbers): leads at "
+                         "different rates go as one 1-D array per lead with one rate per lead (fs=[...])")
+    if array.dtype.kind not in "iufb":
+        raise ShapeError(f"signal must hold numbers, got {array.dtype}")
+    if array.ndim == 0:
+        raise ShapeError(f"signal is one number ({type(signal).__name__}); expected [leads, samples] or, for one "
+                         "lead, [samples]")
+    if array.ndim > 2:
+        hint = " (drop the leading axis of size 1)" if array.shape[0] == 1 else ""
+        raise ShapeError(f"signal has shape {array.shape}: expected [leads, samples]{hint}")
+
+
+def long_record_plan(signal, fs, leads, hop_s: float) -> list | None:
+    """How :meth:`Session.embed` reads a long record in bounded memory: :class:`Segment` s of a [C, N] record
+    at one rate, or per-lead segments of leads at their own rates; None for a record short enough to run whole
+    (or one the checks of :meth:`Session.prepare` will refuse, with their message)."""
+    if leads is None:
+        return None
+    try:
+        if isinstance(fs, (list, tuple, np.ndarray)):
+            rows = list(signal)
+            if len(rows) != len(fs) or any(getattr(r, "ndim", np.ndim(r)) != 1 for r in rows):
+                return None
+            return rates_segment_plan([len(r) for r in rows], [float(r) for r in fs], hop_s)
+        if np.ndim(signal) != 2:
+            return None
+        return segment_plan(np.shape(signal)[1], check_rate(fs, resolve_leads(leads)), hop_s)
+    except (TypeError, ValueError):
+        return None
+
+
 def _duration_s(rows, fs, multi_rate: bool) -> float:
     """The record's length in seconds (0 where the rate itself is unusable: checked later, with its message)."""
     rates = list(fs) if multi_rate else [fs] * len(rows)
     try:
-        return max(np.shape(r)[-1] / float(rate) for r, rate in zip(rows, rates))
+        return max((len(r) if multi_rate else np.shape(r)[-1]) / float(rate) for r, rate in zip(rows, rates))
     except (TypeError, ValueError, ZeroDivisionError, IndexError):
         return 0.0
 
@@ -196,10 +251,16 @@ class Session:
 
     @classmethod
     def open(cls, artifact: str | Path, options: BackendOptions | None = None, *, provider: str | None = None,
-             reference: bool = False, checkpoint: str | Path | None = None) -> Session:
+             reference: bool = False, checkpoint: str | Path | None = None,
+             trust: str | Path | None = None) -> Session:
         """Open ``artifact`` (``.onnx``, ``.plan`` or a checkpoint) with ``options``; ``provider``,
-        ``reference`` (run its PyTorch weights) and ``checkpoint`` are shorthands for those options."""
+        ``reference`` (run its PyTorch weights) and ``checkpoint`` are shorthands for those options.
+
+        ``trust`` (a PEM public key or CA certificate; default ``$CSFM_EDGE_TRUST``) opens it only if its
+        signature verifies (:mod:`csfm_edge.runtime.trust`); without either, unsigned artifacts open as ever.
+        """
         artifact = Path(artifact)
+        verify_artifact(artifact, trust)
         if options is None:
             options = BackendOptions(provider=provider, reference=reference,
                                      checkpoint=Path(checkpoint) if checkpoint else None)
@@ -280,24 +341,31 @@ class Session:
         """
         check_positive("batch_size", batch_size, integer=True)
         check_positive("hop_s", hop_s)
-        if not isinstance(fs, (list, tuple, np.ndarray)) and np.ndim(signal) == 2 and leads is not None:
-            plan = segment_plan(np.shape(signal)[1], check_rate(fs, resolve_leads(leads)), hop_s)
-            if plan is not None:
-                _check_window_count(np.shape(signal)[1] / float(fs), hop_s, max_windows)
-                return self._embed_segments(signal, float(fs), leads, plan, hop_s, batch_size, max_gap_s, strict)
+        plan = long_record_plan(signal, fs, leads, hop_s)
+        if plan is not None:
+            multi_rate = isinstance(fs, (list, tuple, np.ndarray))
+            _check_window_count(_duration_s(signal, fs, True) if multi_rate else np.shape(signal)[1] / float(fs),
+                                hop_s, max_windows)
+            return self._embed_segments(signal, fs, leads, plan, hop_s, batch_size, max_gap_s, strict)
         prepared = self.prepare(signal, fs, leads, hop_s=hop_s, max_gap_s=max_gap_s, strict=strict,
                                 max_windows=max_windows)
         return self.score(prepared, batch_size)
 
-    def _embed_segments(self, signal, fs: float, leads, plan: list[Segment], hop_s: float, batch_size: int,
+    def _embed_segments(self, signal, fs, leads, plan: list, hop_s: float, batch_size: int,
                         max_gap_s: float, strict: bool) -> EmbedResult:
         """A long record, segment by segment: only one segment's samples and windows are held at a time
-        (``signal`` may be a memory map or a lazy reader). Leads unusable in a whole segment are flagged in
-        its windows; only leads unusable in every segment are reported as dropped."""
+        (``signal`` may be a memory map or a lazy reader; with one rate per lead, one per lead). Leads unusable
+        in a whole segment are flagged in its windows; only leads unusable in every segment are reported as
+        dropped."""
         names = lead_names(resolve_leads(leads))
         parts: list[tuple[EmbedResult, float]] = []
-        for segment in plan:
-            chunk = np.asarray(signal[:, segment.start: segment.stop])
+        for planned in plan:
+            if isinstance(planned, Segment):
+                segment, shift = planned, planned.start / float(fs)
+                chunk = np.asarray(signal[:, segment.start: segment.stop])
+            else:  # one Segment per lead, each at its own rate, covering the same time
+                segment, shift = planned[0], planned[0].start / float(fs[0])
+                chunk = [np.asarray(row[s.start: s.stop], dtype=np.float64) for row, s in zip(signal, planned)]
             try:
                 prepared = self.prepare(chunk, fs, leads, hop_s=hop_s, max_gap_s=max_gap_s, offsets=segment.offsets)
                 part = self.score(prepared, batch_size)
@@ -306,7 +374,7 @@ class Session:
                 part = EmbedResult(empty[SPEC.features], empty.get(SPEC.logits),
                                    np.asarray(segment.offsets) / SAMPLE_RATE_HZ,
                                    [["no_signal"] for _ in segment.offsets], [], dropped=getattr(exc, "dropped", []))
-            parts.append((part, segment.start / fs))
+            parts.append((part, shift))
         everywhere = [n for n in names if all(n not in part.leads for part, _ in parts)]
         dropped = []
         for name in everywhere:
@@ -332,11 +400,16 @@ class Session:
         engine scores earlier records."""
         check_positive("hop_s", hop_s)
         check_positive("max_windows", max_windows, integer=True)
+        if isinstance(max_gap_s, bool) or not isinstance(max_gap_s, (int, float, np.integer, np.floating)) \
+                or not 0 <= max_gap_s < float("inf"):
+            raise ParameterError(f"max_gap_s must be a finite number >= 0 (seconds of NaN to interpolate), "
+                                 f"got {max_gap_s!r}")
         if leads is None:
             raise LeadError("name the recording's leads (e.g. leads=['II', 'PPG'])")
         ids = resolve_leads(leads)
         names = lead_names(ids)
         multi_rate = isinstance(fs, (list, tuple, np.ndarray))
+        _check_signal_shape(signal, fs, names, multi_rate)
         rows = list(signal) if multi_rate else np.asarray(signal)
         if not multi_rate and rows.ndim == 1:
             rows = rows[None, :]
@@ -350,7 +423,8 @@ class Session:
         if multi_rate:
             aligned, fills = align_rates([rows[k] for k in keep], [list(fs)[k] for k in keep], names, max_gap_s,
                                          long_gaps="flag")
-            windows = sliding_windows(aligned, SAMPLE_RATE_HZ, ids, hop_s=hop_s, ppg_order=self.ppg_order)
+            windows = sliding_windows(aligned, SAMPLE_RATE_HZ, ids, hop_s=hop_s, ppg_order=self.ppg_order,
+                                      offsets=offsets)
             windows = replace(windows, fills=tuple(fills))
         else:
             windows = sliding_windows(rows[keep], fs, ids, hop_s=hop_s, ppg_order=self.ppg_order,
@@ -403,6 +477,9 @@ class Session:
 
     def stream(self, fs: float, leads, *, window_s: float = 10.0, hop_s: float = 1.0) -> Stream:
         return Stream(self, fs, leads, window_s=window_s, hop_s=hop_s)
+
+
+_FLAG_OF = {"ImplausibleSignalError": "implausible", "NonFiniteError": "gap", "FlatChannelError": "flat"}
 
 
 class Stream:
@@ -477,18 +554,27 @@ class Stream:
     def _emit(self, arrived: float) -> StreamResult:
         split = self.total % self.window
         window = np.concatenate([self.ring[:, split:], self.ring[:, :split]], axis=1)
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", SignalWarning)  # short-window padding is the caller's choice
-                result = self.session.embed(window, self.fs, self.ids, hop_s=self.window / self.fs)
-            features = result.features[-1]
-            logits = result.logits[-1] if result.logits is not None else None
-            flags = [d.flag for d in result.dropped] + result.flags[-1]
-            if "no_signal" in flags:
-                features = logits = None
-        except SignalError as exc:  # no lead of this window carries signal (or an unusable one): flag it
-            features = logits = None
-            flags = ["no_signal", str(exc)]
+        rows, unusable = list(range(len(self.ids))), []
+        while True:
+            try:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore", SignalWarning)  # short-window padding is the caller's choice
+                    result = self.session.embed(window[rows], self.fs, self.ids[rows], hop_s=self.window / self.fs)
+                features = result.features[-1]
+                logits = result.logits[-1] if result.logits is not None else None
+                flags = unusable + [d.flag for d in result.dropped] + result.flags[-1]
+                if "no_signal" in flags:
+                    features = logits = None
+                break
+            except SignalError as exc:  # one lead unusable in this window (a 1e12 spike): score the others
+                lead = exc.channel if exc.channel in [self.names[r] for r in rows] else None
+                if lead is not None:
+                    unusable.append(f"{_FLAG_OF.get(type(exc).__name__, 'unusable')}:{lead}")
+                    rows = [r for r in rows if self.names[r] != lead]
+                if lead is None or not rows:
+                    features = logits = None
+                    flags = ["no_signal", *unusable, *[d.flag for d in getattr(exc, "dropped", [])]]
+                    break
         latency = time.perf_counter() - arrived
         behind = latency > self.hop_s
         self.latencies.append(latency)

@@ -26,6 +26,8 @@ from importlib.util import find_spec
 from pathlib import Path
 
 from csfm_edge.errors import BackendUnavailableError, CsfmError
+from csfm_edge.runtime.trust import TRUST_ENV, resolve_trust, verify_artifact
+from csfm_edge.serving.ports import check_ports
 
 BUNDLED_BACKENDS = {"python", "ensemble"}  # what the bundled server can run; other models need the NGC container
 
@@ -36,6 +38,7 @@ class RepositoryServeRequest:
     http_port: int = 8000  # gRPC: +1, metrics: +2 (as ``serve ARTIFACT``)
     host: str = "127.0.0.1"
     ready_timeout_s: float = 300.0
+    trust: Path | None = None  # every model's artifact must be signed by this key (checked here and at load)
 
 
 def tritonserver_dist() -> Path:
@@ -52,15 +55,34 @@ def tritonserver_dist() -> Path:
 
 def repository_models(repository: Path) -> dict[str, str]:
     """Model name -> its backend or platform, from each ``config.pbtxt`` of the repository."""
+    if repository.exists() and not repository.is_dir():
+        raise CsfmError(f"model repository {repository} is a file, not a folder (write one with csfm-edge "
+                        "triton-repo)")
     if not repository.is_dir():
         raise CsfmError(f"model repository {repository} does not exist")
     models = {}
     for config in sorted(repository.glob("*/config.pbtxt")):
-        found = re.search(r'^\s*(?:backend|platform)\s*:\s*"([^"]+)"', config.read_text(), re.MULTILINE)
-        models[config.parent.name] = found.group(1) if found else "unknown"
+        try:
+            text = config.read_text()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise CsfmError(f"{config} cannot be read ({exc})") from None
+        found = re.search(r'^\s*(?:backend|platform)\s*:\s*"([^"]+)"', text, re.MULTILINE)
+        if found is None:
+            raise CsfmError(f"{config} names no backend or platform: not a Triton model configuration")
+        models[config.parent.name] = found.group(1)
     if not models:
         raise CsfmError(f"{repository} holds no model (no <name>/config.pbtxt): write one with csfm-edge triton-repo")
     return models
+
+
+def repository_artifacts(repository: Path) -> list[Path]:
+    """The artifact each Python-backend CSFM model of the repository opens (its ``artifact`` parameter)."""
+    found = []
+    for config in sorted(repository.glob("*/config.pbtxt")):
+        named = re.search(r'key:\s*"artifact"\s*value:\s*\{\s*string_value:\s*"([^"]+)"', config.read_text())
+        if named:
+            found.append(config.parent / "1" / named.group(1))
+    return found
 
 
 def check_bundled_can_serve(models: dict[str, str]) -> None:
@@ -113,6 +135,10 @@ class BundledServer:
         self.request = request
         self.log = log
         check_bundled_can_serve(repository_models(request.repository))
+        check_ports(request.host, request.http_port)
+        if resolve_trust(request.trust) is not None:  # refused before the server starts, in one line
+            for artifact in repository_artifacts(request.repository):
+                verify_artifact(artifact, request.trust)
         self.dist = tritonserver_dist()
         self.process: subprocess.Popen | None = None
         self._workspace: tempfile.TemporaryDirectory | None = None
@@ -128,7 +154,7 @@ class BundledServer:
         try:
             self.process = subprocess.Popen(
                 server_command(self.dist, self.request.repository, backends, self.request),
-                env=server_environment(self.dist), stdout=output, stderr=subprocess.STDOUT if output else None,
+                env=self._environment(), stdout=output, stderr=subprocess.STDOUT if output else None,
                 start_new_session=True)
         finally:
             if output is not None:
@@ -139,6 +165,14 @@ class BundledServer:
             self.stop()
             raise
         return self
+
+    def _environment(self) -> dict[str, str]:
+        """The server's environment, with the trust anchor the Python-backend models check their artifacts with."""
+        env = server_environment(self.dist)
+        anchor = resolve_trust(self.request.trust)
+        if anchor is not None:
+            env[TRUST_ENV] = str(anchor.resolve())
+        return env
 
     def _wait_ready(self) -> None:
         deadline = time.monotonic() + self.request.ready_timeout_s

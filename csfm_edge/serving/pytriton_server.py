@@ -23,6 +23,7 @@ from csfm_edge.leads import lead_set
 from csfm_edge.runtime.backends import BackendOptions
 from csfm_edge.runtime.session import Session
 from csfm_edge.serving import MAX_BATCH, MAX_QUEUE_DELAY_US
+from csfm_edge.serving.ports import check_ports
 from csfm_edge.serving.requests import score_requests
 from csfm_edge.serving.triton_repo import model_name
 from csfm_edge.spec import SPEC
@@ -37,6 +38,7 @@ class ServeRequest:
     max_queue_delay_us: int = MAX_QUEUE_DELAY_US
     options: BackendOptions = field(default_factory=BackendOptions)
     host: str = "127.0.0.1"
+    trust: Path | None = None  # open the artifact only if signed (see csfm_edge.runtime.trust)
 
 
 ERROR_OUTPUT = "error"  # per request: empty, or one line saying why this request was not scored
@@ -86,15 +88,17 @@ def _python_libdir_first() -> None:
 
 def start(request: ServeRequest, workspace: Path | None = None):
     """Bind one model per lead set and start Triton in the background; returns (triton, session, log)."""
+    lead_sets = {name: np.asarray(lead_set(name), dtype=np.int64) for name in request.lead_sets}
+    check_ports(request.host, request.http_port)
+    session = Session.open(request.artifact, request.options, trust=request.trust)  # refused: no server started
     try:
         from pytriton.model_config import DynamicBatcher, ModelConfig, Tensor
         from pytriton.triton import Triton, TritonConfig
     except ImportError:
+        session.close()
         raise BackendUnavailableError("serving needs PyTriton: pip install nvidia-pytriton (numpy < 2; use its "
                                       "own environment, see the README)") from None
-    lead_sets = {name: np.asarray(lead_set(name), dtype=np.int64) for name in request.lead_sets}
     _python_libdir_first()
-    session = Session.open(request.artifact, request.options)
     log = BatchLog()
     config = TritonConfig(http_address=request.host, http_port=request.http_port, grpc_address=request.host,
                           grpc_port=request.http_port + 1, metrics_port=request.http_port + 2)

@@ -11,6 +11,7 @@ signals at their own rate.
 from __future__ import annotations
 
 import dataclasses
+import os
 import re
 import shutil
 from dataclasses import dataclass, field
@@ -20,10 +21,11 @@ import numpy as np
 
 from csfm_edge.config import WINDOW_SAMPLES
 from csfm_edge.errors import ArtifactError, CsfmError
-from csfm_edge.fileio import write_atomically
+from csfm_edge.fileio import check_output_folder, staging_folder, write_atomically
 from csfm_edge.leads import lead_names, lead_set
 from csfm_edge.profiles import Profile
 from csfm_edge.runtime.manifest import Manifest, TensorInfo, read_manifest, write_manifest
+from csfm_edge.runtime.trust import signature_path, signed_files, verify_artifact
 from csfm_edge.serving import MAX_BATCH, MAX_QUEUE_DELAY_US
 from csfm_edge.spec import SPEC, AxisRange
 
@@ -44,6 +46,7 @@ class TritonRepoRequest:
     preprocess: bool = False
     force: bool = False
     provider: str | None = None  # --platform python: the Session's backend (default: the best one installed)
+    trust: Path | None = None  # artifacts must be signed by this key; python models check it again at load
 
 
 def model_name(size: str, precision: str, lead_set: str) -> str:
@@ -94,9 +97,12 @@ def instance_kind(request: TritonRepoRequest) -> str:
     return request.kind or ("KIND_CPU" if request.platform == "python" else "KIND_GPU")
 
 
-def python_parameters(artifact: str, set_name: str, provider: str | None) -> str:
-    """The ``parameters`` block telling ``triton_models/csfm_model.py`` what to open and which leads it serves."""
+def python_parameters(artifact: str, set_name: str, provider: str | None, trust: Path | None = None) -> str:
+    """The ``parameters`` block telling ``triton_models/csfm_model.py`` what to open, which leads it serves, and
+    the key its signature must verify with (absolute; the server's $CSFM_EDGE_TRUST where none is written)."""
     values = {"artifact": artifact, "lead_set": set_name, "provider": provider or ""}
+    if trust is not None:
+        values["trust"] = str(Path(trust).resolve())
     return "parameters [\n" + ",\n".join(f'  {{ key: "{k}" value: {{ string_value: "{v}" }} }}'
                                           for k, v in values.items()) + "\n]\n"
 
@@ -126,12 +132,36 @@ def ensemble_config(name: str, preprocess_name: str, model: str, channels: int, 
             f'      input_map {{ key: "{SPEC.signal}" value: "preprocessed" }}\n{output_maps}\n    }}\n  ]\n}}\n')
 
 
-def write_repository(request: TritonRepoRequest) -> list[Path]:
-    """Write every (artifact, lead set) model, plus preprocessing ensembles when asked; return config paths."""
+def _check_request(request: TritonRepoRequest) -> None:
+    """Everything Triton would refuse only at load, refused here before anything is written."""
     if request.platform not in PLATFORMS:
         raise CsfmError(f"unknown platform {request.platform!r}; choose {', '.join(PLATFORMS)}")
     if request.max_batch < 1 or request.instances < 1:
         raise CsfmError("--max-batch and --instances must be >= 1")
+    if request.max_queue_delay_us < 0:
+        raise CsfmError(f"--max-queue-delay-us must be >= 0, got {request.max_queue_delay_us}")
+    if request.provider is not None:
+        from csfm_edge.runtime.backends.options import PROVIDERS
+
+        if request.platform != "python":
+            raise CsfmError("--provider applies to --platform python (the other platforms run on Triton's own "
+                            "ONNX Runtime or TensorRT backend)")
+        if request.provider not in PROVIDERS:
+            raise CsfmError(f"unknown --provider {request.provider!r}: choose {', '.join(PROVIDERS)}")
+    check_output_folder(request.out)
+    if request.out.is_dir() and any(request.out.iterdir()) and not request.force:
+        raise CsfmError(f"{request.out} is not empty: pass --force to write into it")
+    if request.platform != "python":
+        import onnx  # noqa: F401  (the export extra folds the graphs: missing, nothing has been written yet)
+
+
+def write_repository(request: TritonRepoRequest) -> list[Path]:
+    """Write every (artifact, lead set) model, plus preprocessing ensembles when asked; return config paths.
+
+    Everything is written into a hidden staging folder beside the repository and moved in only when whole: a
+    failure (or SIGKILL) leaves the repository as it was. With ``force`` the models an earlier ``triton-repo``
+    wrote there (``csfm-*``) are replaced, none kept to be served by mistake; other models stay."""
+    _check_request(request)
     lead_sets = {name: np.asarray(lead_set(name), dtype=np.int64) for name in request.lead_sets}
     manifests: dict[Path, Manifest] = {}
     for artifact in request.artifacts:
@@ -139,11 +169,23 @@ def write_repository(request: TritonRepoRequest) -> list[Path]:
                                                        and artifact.suffix.lower() == ".plan"):
             raise ArtifactError(f"{artifact.name}: pass the exported .onnx; Triton models fold the lead set into "
                                 "the graph, and TensorRT plans are built from that folded graph on the server")
+        verify_artifact(artifact, request.trust)
         manifests[artifact] = read_manifest(artifact)
         if not manifests[artifact].precision_record.portable and request.platform == "tensorrt_plan":
             raise ArtifactError(f"{artifact.name} is an ONNX Runtime CPU graph; TensorRT needs a portable one")
-    if request.out.exists() and any(request.out.iterdir()) and not request.force:
-        raise CsfmError(f"{request.out} is not empty: pass --force to write into it")
+    request.out.parent.mkdir(parents=True, exist_ok=True)
+    with staging_folder(request.out.parent, f".{request.out.name}.staging-") as staging:
+        configs = _write_models(dataclasses.replace(request, out=staging), manifests, lead_sets)
+        request.out.mkdir(exist_ok=True)
+        for old in request.out.glob("csfm-*/config.pbtxt"):
+            shutil.rmtree(old.parent)
+        for model in sorted(staging.iterdir()):
+            os.replace(model, request.out / model.name)
+    return [request.out / c.relative_to(staging) for c in configs]
+
+
+def _write_models(request: TritonRepoRequest, manifests: dict[Path, Manifest],
+                  lead_sets: dict[str, np.ndarray]) -> list[Path]:
     configs = []
     for artifact, manifest in manifests.items():
         for set_name, ids in lead_sets.items():
@@ -153,7 +195,7 @@ def write_repository(request: TritonRepoRequest) -> list[Path]:
             if request.platform == "onnxruntime_onnx":
                 fold_channel_ids(artifact, ids, folder / "1" / "model.onnx")
             elif request.platform == "python":
-                _copy_artifact(artifact, manifest, folder / "1" / f"model{artifact.suffix.lower()}")
+                _copy_artifact(artifact, folder / "1")
                 shutil.copyfile(PYTHON_MODELS / "csfm_model.py", folder / "1" / "model.py")
             else:  # the plan is built on the server's GPU from this folded graph (see BUILD.txt)
                 source = folder / "source.onnx"
@@ -170,7 +212,7 @@ def write_repository(request: TritonRepoRequest) -> list[Path]:
             config = folder / "config.pbtxt"
             text = model_config(name, request.platform, len(ids), manifest.outputs, request)
             if request.platform == "python":
-                text += python_parameters(f"model{artifact.suffix.lower()}", set_name, request.provider)
+                text += python_parameters(artifact.name, set_name, request.provider, request.trust)
             write_atomically(config, text.encode())
             configs.append(config)
             if request.preprocess:
@@ -178,10 +220,12 @@ def write_repository(request: TritonRepoRequest) -> list[Path]:
     return configs
 
 
-def _copy_artifact(artifact: Path, manifest: Manifest, target: Path) -> None:
-    """The artifact under the repository's fixed name, with a sidecar naming that file (the Session checks both)."""
-    shutil.copyfile(artifact, target)
-    write_manifest(target, manifest)
+def _copy_artifact(artifact: Path, folder: Path) -> None:
+    """The artifact, its sidecar and its signature, byte for byte under their own names: the model's Session
+    checks the manifest, and the signature where a key is configured, exactly as on the exporting machine."""
+    for source in (*signed_files(artifact), signature_path(artifact)):
+        if source.is_file():
+            shutil.copyfile(source, folder / source.name)
 
 
 def _profile_flag(profile: Profile) -> str:

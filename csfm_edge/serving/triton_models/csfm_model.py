@@ -22,7 +22,10 @@ class TritonPythonModel:
         params = json.loads(args["model_config"])["parameters"]
         provider = params["provider"]["string_value"] or None
         self.ids = np.asarray(lead_set(params["lead_set"]["string_value"]), dtype=np.int64)
-        self.session = Session.open(Path(__file__).parent / params["artifact"]["string_value"], provider=provider)
+        # a key written by triton-repo --trust, else the server's $CSFM_EDGE_TRUST: the signature is checked here
+        trust = params.get("trust", {}).get("string_value") or None
+        self.session = Session.open(Path(__file__).parent / params["artifact"]["string_value"], provider=provider,
+                                    trust=trust)
 
     def execute(self, requests):
         signals = [pb_utils.get_input_tensor_by_name(r, SPEC.signal).as_numpy() for r in requests]
