@@ -20,7 +20,8 @@ from csfm_edge.errors import CsfmError
 # Optional dependencies and the extra that brings each.
 EXTRAS = {"torch": "export", "onnx": "export", "matplotlib": "plot", "wfdb": "wfdb", "openvino": "openvino",
           "neurokit2": "dev", "cuda": "tensorrt", "pyarrow": "table", "pyedflib": "edf",
-          "model_signing": "sign", "OpenSSL": "sign"}
+          "model_signing": "sign", "OpenSSL": "sign",
+          "ray": "ray"}
 # Base dependencies a broken or partial install can lack: the command that restores each.
 BASE = {"onnxruntime": "pip install onnxruntime (onnxruntime-gpu on NVIDIA machines)",
         "numpy": "pip install csfm-edge", "scipy": "pip install csfm-edge", "tqdm": "pip install csfm-edge"}

@@ -260,31 +260,49 @@ def run_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--check", action="store_true", help="also run the PyTorch reference and print the deviation")
     p.add_argument("--checkpoint", type=Path, help="the checkpoint behind the artifact (for --check)")
     add_output_flags(p, "one recording: .npz or .json; any number: .parquet (one row per window; failures in "
-                        "NAME.errors.json)")
-    p.add_argument("--resume", action="store_true", help="continue an interrupted --out .parquet batch")
-    p.add_argument("--workers", type=int, default=2, help="threads reading and preprocessing ahead (default 2)")
+                        "NAME.errors.json), or DIR/ (a name without suffix: a folder of Parquet files)",
+                     force_help="replace an existing --out file (or dataset folder)")
+    p.add_argument("--resume", action="store_true", help="continue an interrupted --out .parquet (or DIR/) batch")
+    p.add_argument("--engine", default="process", choices=("process", "ray"),
+                   help="process: in this process (default); ray: on a Ray cluster, local for the run unless "
+                        "--ray-address (needs csfm-edge[ray])")
+    p.add_argument("--workers", type=int, default=None,
+                   help="process: threads reading and preprocessing ahead (default 2); ray: scoring actors, one "
+                        "model each (default 1)")
+    p.add_argument("--ray-address", default=None, metavar="ADDR",
+                   help="--engine ray: join this running cluster (HOST:PORT, ray://HOST:PORT or auto)")
+    p.add_argument("--gpus-per-worker", type=float, default=0.0, metavar="F",
+                   help="--engine ray: GPU share of each scoring actor (0.5: two to a GPU; default 0)")
     add_trust_flag(p)
 
 
 def run(args: argparse.Namespace) -> int:
-    from csfm_edge.fileio import check_output
+    from csfm_edge.fileio import check_dataset_output, check_output
     from csfm_edge.recordings.batch import errors_path, find_recordings
     from csfm_edge.recordings.readers import read_lead_map
     from csfm_edge.runtime.manifest import manifest_path
     from csfm_edge.runtime.trust import signature_path
 
+    ray = args.engine == "ray"
+    if not ray and (args.ray_address is not None or args.gpus_per_worker):
+        raise CsfmError("--ray-address and --gpus-per-worker are for --engine ray")
     paths = find_recordings(args.inputs, args.recursive)
-    single = len(args.inputs) == 1 and args.inputs[0].is_file()
+    single = len(args.inputs) == 1 and args.inputs[0].is_file() and not ray
     suffix = args.out.suffix.lower() if args.out is not None else None
+    dataset = args.out is not None and not single and (suffix == "" or args.out.is_dir())
     protected = [*paths, args.artifact, manifest_path(args.artifact), signature_path(args.artifact)]
     protected += [p for p in (args.lead_map, args.checkpoint) if p is not None]
     if args.out is not None:  # before any work: nothing of the user's is overwritten, nothing computed in vain
-        check_output(args.out, protected=protected, force=args.force)
-        allowed = (".npz", ".json", ".parquet") if single else (".parquet",)
-        if suffix not in allowed:
-            raise CsfmError(f"--out must end in {' or '.join(allowed)}, not {args.out.suffix!r}"
-                            + ("" if single else " (several recordings make one table)"))
-        if suffix == ".parquet":
+        if dataset:
+            check_dataset_output(args.out, protected=protected, force=args.force or args.resume)
+        else:
+            check_output(args.out, protected=protected, force=args.force)
+        if single and suffix not in (".npz", ".json", ".parquet"):
+            raise CsfmError(f"--out must end in .npz or .json or .parquet, not {args.out.suffix!r}")
+        if not single and not dataset and suffix != ".parquet":
+            raise CsfmError(f"--out must end in .parquet or name a folder (DIR/), not {args.out.suffix!r} ("
+                            + ("--engine ray writes a table)" if ray else "several recordings make one table)"))
+        if suffix == ".parquet" or dataset:
             check_output(errors_path(args.out), protected=protected, force=args.force or args.resume)
     lead_map = read_lead_map(args.lead_map) if args.lead_map is not None else None
     leads = None if args.leads.strip().lower() == "auto" else split_list(args.leads)
@@ -343,14 +361,21 @@ def _run_batch(args: argparse.Namespace, leads: list[str] | None, lead_map) -> i
     from csfm_edge.recordings.batch import BatchRequest, errors_path, run_batch
 
     started = time.perf_counter()
-    # the inputs as given: run_batch expands the folders itself, and lists what in them cannot be read
-    summary = run_batch(BatchRequest(args.artifact, list(args.inputs), recursive=args.recursive, out=args.out,
-                                     fs=args.fs, leads=leads, lead_map=lead_map, hop_s=args.hop,
-                                     strict=args.strict, max_windows=args.max_windows,
-                                     options=backend_options(args), resume=args.resume, workers=args.workers,
-                                     trust=args.trust))
+    # the inputs as given: the engines expand the folders themselves, and list what in them cannot be read
+    request = BatchRequest(args.artifact, list(args.inputs), recursive=args.recursive, out=args.out, fs=args.fs,
+                           leads=leads, lead_map=lead_map, hop_s=args.hop, strict=args.strict,
+                           max_windows=args.max_windows, options=backend_options(args), resume=args.resume,
+                           workers=2 if args.workers is None else args.workers, trust=args.trust)
+    if args.engine == "ray":
+        from csfm_edge.recordings.ray_engine import RayOptions, run_ray_batch
+
+        summary = run_ray_batch(request, RayOptions(args.ray_address, 1 if args.workers is None else args.workers,
+                                                    args.gpus_per_worker))
+    else:
+        summary = run_batch(request)
     took = time.perf_counter() - started
     print(f"{summary.scored} of {summary.records} recordings scored ({summary.windows} windows) in {took:.1f} s"
+          + (f" on {len(summary.nodes)} Ray nodes" if len(summary.nodes) > 1 else "")
           + (f"; {summary.skipped} already scored (resumed)" if summary.skipped else "")
           + (f"; {summary.redone} damaged parts scored again" if summary.redone else "")
           + (f"; {len(summary.failed)} failed" if summary.failed else ""))

@@ -91,6 +91,10 @@ class BackendUnavailableError(CsfmError):
     """A backend library or device that is not installed or present on this machine."""
 
 
+class ClusterError(CsfmError):
+    """A Ray cluster that cannot be reached, or that lacks the resources a run asks of it."""
+
+
 class InputFileError(CsfmError):
     """An input recording that cannot be read."""
 

@@ -57,6 +57,12 @@ def check_output(path: str | Path, *, protected: list[Path], force: bool = False
         raise OutputError(f"{flag} {path} is a folder; name a file")
     if path.exists() and not force:
         raise OutputError(f"{flag} {path} already exists: pass --force to replace it")
+    _check_writable_folder(path, flag)
+    return path
+
+
+def _check_writable_folder(path: Path, flag: str) -> None:
+    """The folder ``path`` would be written in exists and takes new files."""
     folder = path.parent if str(path.parent) else Path(".")
     if not folder.is_dir():
         raise OutputError(f"{flag} {path}: folder {folder} does not exist")
@@ -65,6 +71,27 @@ def check_output(path: str | Path, *, protected: list[Path], force: bool = False
             pass
     except OSError as exc:
         raise OutputError(f"{flag} {path}: folder {folder} is not writable ({exc.strerror or exc})") from None
+
+
+def check_dataset_output(path: str | Path, *, protected: list[Path], force: bool = False, flag: str = "--out"
+                         ) -> Path:
+    """As :func:`check_output`, for an output that is a folder of Parquet files (a dataset): refuse a file, a
+    folder that holds anything without ``force``, and, even with ``force``, one that holds anything but
+    Parquet files (it is not a dataset csfm-edge wrote) or a ``protected`` file. Return the path."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise OutputError(f"{flag} {path} is a file; a dataset is a folder (name a new one, or a .parquet file)")
+    held = sorted(path.iterdir()) if path.is_dir() else []
+    inside = [kept for kept in protected if path.resolve() in Path(kept).resolve().parents]
+    if inside:
+        raise OutputError(f"{flag} {path} holds {inside[0]}, an input of this run: refusing to replace it")
+    if held and not force:
+        raise OutputError(f"{flag} {path} already holds files: pass --force to replace them")
+    foreign = [p.name for p in held if p.is_dir() or p.suffix.lower() != ".parquet"]
+    if foreign:
+        raise OutputError(f"{flag} {path} holds {foreign[0]!r}, which is not part of a dataset: refusing to replace "
+                          "the folder; name a new one")
+    _check_writable_folder(path, flag)
     return path
 
 

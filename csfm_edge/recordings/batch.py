@@ -6,6 +6,9 @@ waits. Every scored record is written at once as its own part file, so an interr
 nothing scored and ``resume`` continues it; the parts are joined into the table (streamed, not
 held in memory) and removed when the batch ends. A record that fails is listed with its one-line
 reason and the others are scored.
+
+The pieces here (listing, parts, preparing, scoring, joining) are also those of the Ray engine
+(:mod:`csfm_edge.recordings.ray_engine`), so both engines write the same table.
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ from csfm_edge.errors import CsfmError, InputFileError, OutputError
 from csfm_edge.fileio import exclusive, sha256_of, write_atomically
 from csfm_edge.recordings.readers import READABLE_SUFFIXES, Recording, check_recording_file, read_recording
 from csfm_edge.runtime.backends import BackendOptions
-from csfm_edge.runtime.session import MAX_WINDOWS, EmbedResult, Prepared, Session, long_record_plan
+from csfm_edge.runtime.session import MAX_WINDOWS, EmbedResult, Prepared, Preprocessor, Session, long_record_plan
 
 PARTS_SUFFIX = ".parts"
 
@@ -49,11 +52,17 @@ def find_recordings(inputs: Sequence[str | Path], recursive: bool = False) -> li
     return list(dict.fromkeys(found))
 
 
+def list_records(request: BatchRequest) -> list[Path]:
+    """The batch's recordings (:func:`find_recordings`) by absolute path: the table says where each file is
+    wherever the table is read, and a Ray worker on another machine has no working folder of the user's."""
+    return [p.absolute() for p in find_recordings(request.inputs, request.recursive)]
+
+
 @dataclass
 class BatchRequest:
     artifact: Path
     inputs: list[Path]
-    out: Path | None = None  # .parquet; None: print the summary only
+    out: Path | None = None  # .parquet, or a folder for a dataset (see is_dataset); None: the summary only
     recursive: bool = False
     fs: float | None = None
     leads: list[str] | None = None
@@ -76,6 +85,7 @@ class BatchSummary:
     skipped: int = 0  # already scored by an interrupted run (resume)
     redone: int = 0  # parts of an interrupted run found damaged, removed and scored again
     failed: list[dict] = field(default_factory=list)  # {"path", "error"}
+    nodes: dict[str, int] = field(default_factory=dict)  # Ray engine: records scored per node id
 
     @property
     def exit_status(self) -> int:
@@ -89,26 +99,108 @@ def errors_path(out: Path) -> Path:
     return out.with_name(out.stem + ".errors.json")
 
 
-def _parts_folder(out: Path) -> Path:
+def is_dataset(out: Path) -> bool:
+    """``--out DIR/``: a folder of Parquet files (a dataset for pyarrow, DuckDB, Spark), not one ``.parquet``."""
+    return out.suffix.lower() != ".parquet"
+
+
+def parts_folder(out: Path) -> Path:
     return out.with_name(out.name + PARTS_SUFFIX)
 
 
-def _part_name(index: int, digest: str) -> str:
+def part_name(index: int, digest: str) -> str:
+    """A record's part: named by its place in the listing and its file's hash, so writing it again (resume,
+    or a task retried after a worker died) replaces it rather than adding a second copy."""
     return f"{index:07d}-{digest[:16]}.parquet"
 
 
-def _prepare(session: Session, index: int, path: Path, request: BatchRequest, done: set[str]
-             ) -> tuple[Recording, Prepared | None, str] | None:
-    """Read and preprocess one record (in a worker thread); None where an earlier run scored it already."""
+def find_parts(request: BatchRequest) -> tuple[Path | None, bool]:
+    """The parts folder of ``request.out`` (None without ``out``) and whether an interrupted run left it,
+    which only ``resume`` may continue."""
+    if request.out is None:
+        return None, False
+    parts = parts_folder(request.out)
+    if parts.exists() and not request.resume:
+        raise CsfmError(f"{parts} holds an interrupted run: pass --resume to continue it, or remove it")
+    return parts, parts.exists()
+
+
+def open_parts(parts: Path, resuming: bool, request: BatchRequest, artifact_sha256: str) -> tuple[set[str], int]:
+    """Ready the parts folder once work starts: a resumed one must have been made with the same artifact and
+    settings, and its damaged parts are removed; a new one is made with the settings. Returns the intact
+    parts' names and how many damaged ones were removed."""
+    if resuming:
+        _check_resumable(parts, _settings(request, artifact_sha256))
+        return _intact_parts(parts)
+    parts.mkdir()
+    try:
+        write_atomically(parts / SETTINGS, json.dumps(_settings(request, artifact_sha256)).encode())
+    except OutputError as exc:
+        _give_up(parts, False, str(exc))
+    return set(), 0
+
+
+def prepare_record(preparer: Session | Preprocessor, index: int, path: Path, request: BatchRequest, done: set[str]
+                   ) -> tuple[Recording, Prepared | None, str] | None:
+    """Read and preprocess one record (in a worker thread or a Ray task); None where an earlier run scored it.
+    A long record is only read (``Prepared`` None): :func:`score_record` scores it segment by segment."""
     digest = sha256_of(check_recording_file(path))
-    if _part_name(index, digest) in done:
+    if part_name(index, digest) in done:
         return None
     recording = read_recording(path, request.fs, request.leads, request.lead_map)
     if long_record_plan(recording.signal, recording.fs, recording.leads, request.hop_s) is not None:
-        return recording, None, digest  # long: scored segment by segment on the engine's thread
-    prepared = session.prepare(recording.signal, recording.fs, recording.leads, hop_s=request.hop_s,
-                               strict=request.strict, max_windows=request.max_windows)
+        return recording, None, digest
+    prepared = preparer.prepare(recording.signal, recording.fs, recording.leads, hop_s=request.hop_s,
+                                strict=request.strict, max_windows=request.max_windows)
     return recording, prepared, digest
+
+
+def score_record(session: Session, recording: Recording, prepared: Prepared | None, request: BatchRequest
+                 ) -> EmbedResult:
+    """A prepared record through the model; a long one (``prepared`` None) segment by segment."""
+    if prepared is not None:
+        return session.score(prepared)
+    return session.embed(recording.signal, recording.fs, recording.leads, hop_s=request.hop_s, strict=request.strict,
+                         max_windows=request.max_windows)
+
+
+# What reading or scoring one record may raise, failing that record alone (a file no reader understands).
+RECORD_ERRORS = (CsfmError, OSError, ValueError)
+
+
+def failure(path: Path | str, exc: BaseException) -> dict:
+    """A record that could not be scored, as the errors file lists it."""
+    return {"path": str(path), "error": str(exc).splitlines()[0]}
+
+
+def records_bar(total: int, enabled: bool = True):
+    """The batch's progress bar (tqdm on stderr); in a log, a line every 10 s rather than a redraw."""
+    from tqdm import tqdm
+
+    return tqdm(total=total, unit="rec", disable=not enabled, dynamic_ncols=True,
+                mininterval=0.5 if sys.stderr.isatty() else 10.0)
+
+
+def table_metadata(request: BatchRequest, artifact_sha256: str, model: dict) -> dict:
+    """What the table says of its making (Parquet schema metadata)."""
+    return {"artifact": str(request.artifact), "artifact_sha256": artifact_sha256, "csfm_edge": __version__,
+            "hop_s": request.hop_s, "model": model}
+
+
+def finish_table(out: Path, parts: Path, resuming: bool, metadata: dict, outputs, failed: list[dict]) -> None:
+    """The parts joined into ``out`` (one file, or a dataset folder), the errors file beside it, the parts removed."""
+    from csfm_edge.recordings.table import join_parts, write_dataset
+
+    try:
+        (write_dataset if is_dataset(out) else join_parts)(sorted(parts.glob("*.parquet")), out, metadata, outputs)
+    except OSError as exc:
+        _give_up(parts, resuming, f"cannot write {out}: {exc.strerror or exc}")
+    try:
+        write_atomically(errors_path(out), (json.dumps(failed, indent=1) + "\n").encode())
+    except OutputError as exc:
+        shutil.rmtree(out) if out.is_dir() else out.unlink()  # the table without its errors file hides failures
+        _give_up(parts, resuming, str(exc))
+    shutil.rmtree(parts)
 
 
 def _ahead(pool: ThreadPoolExecutor, work: Callable[[int, Path], object], paths: list[tuple[int, Path]],
@@ -136,35 +228,21 @@ def run_batch(request: BatchRequest, session: Session | None = None) -> BatchSum
 
 
 def _run_batch(request: BatchRequest, session: Session | None) -> BatchSummary:
-    from tqdm import tqdm
-
-    paths = find_recordings(request.inputs, request.recursive)
+    paths = list_records(request)
     summary = BatchSummary(len(paths))
-    parts = _parts_folder(request.out) if request.out is not None else None
-    resuming = parts is not None and parts.exists()
-    if resuming and not request.resume:
-        raise CsfmError(f"{parts} holds an interrupted run: pass --resume to continue it, or remove it")
+    parts, resuming = find_parts(request)
     own_session = session is None
     session = session or Session.open(request.artifact, request.options, trust=request.trust)
     # the manifest's sha256 was just checked against the file when the session opened it: no second hash
     artifact_sha256 = session.manifest.file.sha256 if session.manifest.file else sha256_of(request.artifact)
     done: set[str] = set()
     try:
-        if resuming:
-            _check_resumable(parts, _settings(request, artifact_sha256))
-            done, summary.redone = _intact_parts(parts)
-        elif parts is not None:
-            parts.mkdir()
-            try:
-                write_atomically(parts / SETTINGS, json.dumps(_settings(request, artifact_sha256)).encode())
-            except OutputError as exc:
-                _give_up(parts, False, str(exc))
-        todo = list(enumerate(paths))
-        bar = tqdm(total=len(paths), unit="rec", disable=not request.progress, dynamic_ncols=True,
-                   mininterval=0.5 if sys.stderr.isatty() else 10.0)  # a log gets a line every 10 s
+        if parts is not None:
+            done, summary.redone = open_parts(parts, resuming, request, artifact_sha256)
+        bar = records_bar(len(paths), request.progress)
         with ThreadPoolExecutor(max(request.workers, 1)) as pool:
-            for index, path, future in _ahead(pool, lambda i, p: _prepare(session, i, p, request, done), todo,
-                                              2 * max(request.workers, 1)):
+            for index, path, future in _ahead(pool, lambda i, p: prepare_record(session, i, p, request, done),
+                                              list(enumerate(paths)), 2 * max(request.workers, 1)):
                 try:
                     prepared_record = future.result()
                     if prepared_record is None:
@@ -172,43 +250,29 @@ def _run_batch(request: BatchRequest, session: Session | None) -> BatchSummary:
                         bar.update()
                         continue
                     recording, prepared, digest = prepared_record
-                    result = session.score(prepared) if prepared is not None else session.embed(
-                        recording.signal, recording.fs, recording.leads, hop_s=request.hop_s, strict=request.strict,
-                        max_windows=request.max_windows)
-                except (CsfmError, OSError, ValueError) as exc:  # a file no reader understands fails alone
-                    summary.failed.append({"path": str(path), "error": str(exc).splitlines()[0]})
+                    result = score_record(session, recording, prepared, request)
+                except RECORD_ERRORS as exc:
+                    summary.failed.append(failure(path, exc))
                     bar.update()
                     continue
                 summary.scored += 1
                 summary.windows += len(result.start_s)
                 if parts is not None:
-                    _write_part(parts / _part_name(index, digest), path, digest, recording, result,
-                                artifact_sha256, session, resuming)
+                    write_part(parts / part_name(index, digest), path, digest, recording, result, artifact_sha256,
+                               session, resuming)
                 bar.update()
                 bar.set_postfix(windows=summary.windows, failed=len(summary.failed))
         bar.close()
         if request.out is not None:
-            from csfm_edge.recordings.table import join_parts
-
-            metadata = {"artifact": str(request.artifact), "artifact_sha256": artifact_sha256,
-                        "csfm_edge": __version__, "hop_s": request.hop_s, "model": session.info()}
-            try:
-                join_parts(sorted(parts.glob("*.parquet")), request.out, metadata, session.manifest.outputs)
-            except OSError as exc:
-                _give_up(parts, resuming, f"cannot write {request.out}: {exc.strerror or exc}")
-            try:
-                write_atomically(errors_path(request.out), (json.dumps(summary.failed, indent=1) + "\n").encode())
-            except OutputError as exc:
-                request.out.unlink()  # the table without its errors file would hide the failures
-                _give_up(parts, resuming, str(exc))
-            shutil.rmtree(parts)
+            finish_table(request.out, parts, resuming, table_metadata(request, artifact_sha256, session.info()),
+                         session.manifest.outputs, summary.failed)
     finally:
         if own_session:
             session.close()
     return summary
 
 
-def _write_part(target: Path, path: Path, digest: str, recording: Recording, result: EmbedResult,
+def write_part(target: Path, path: Path, digest: str, recording: Recording, result: EmbedResult,
                 artifact_sha256: str, session: Session, resuming: bool) -> None:
     """One record's rows, written under a temporary name and renamed: a part is whole or absent."""
     import pyarrow.parquet as pq

@@ -58,3 +58,37 @@ def join_parts(parts: list[Path], out: Path, metadata: dict, outputs: Mapping[st
         os.replace(tmp, out)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+ROWS_PER_FILE = 100_000  # a dataset file (768 float32 features a row: about 300 MB)
+ROWS_PER_GROUP = 10_000
+
+
+def write_dataset(parts: list[Path], out: Path, metadata: dict, outputs: Mapping[str, TensorInfo]) -> None:
+    """Stream the part files into a folder of Parquet files at ``out``, rows in part order, for archives too
+    large for one file. Written beside ``out`` and renamed into place: a folder ``--force`` replaces is
+    swapped whole, never left half written."""
+    import shutil
+
+    import pyarrow.dataset as ds
+
+    schema = table_schema(outputs).with_metadata({"csfm_edge": json.dumps(metadata, default=str)})
+    tmp = out.with_name(f".{out.name}.tmp{os.getpid()}")
+    old = out.with_name(f".{out.name}.old{os.getpid()}")
+    try:
+        if parts:
+            ds.write_dataset(ds.dataset([str(p) for p in parts], schema=schema, format="parquet"), tmp,
+                             format="parquet", schema=schema, basename_template="part-{i}.parquet",
+                             max_rows_per_file=ROWS_PER_FILE, min_rows_per_group=ROWS_PER_GROUP,
+                             max_rows_per_group=ROWS_PER_GROUP, preserve_order=True)
+            for file in tmp.glob("part-*.parquet"):  # part-00002 before part-00010: readers list files by name
+                file.rename(tmp / f"part-{int(file.stem.split('-')[1]):05d}.parquet")
+        else:  # nothing scored: one empty file, so readers still find the schema
+            tmp.mkdir()
+            pq.write_table(schema.empty_table(), tmp / "part-00000.parquet")
+        if out.exists():
+            os.replace(out, old)
+        os.replace(tmp, out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.rmtree(old, ignore_errors=True)

@@ -238,6 +238,69 @@ def _refuse_or_drop(dropped: list[DroppedLead], strict: bool, remaining: int,
         raise error
 
 
+@dataclass(frozen=True)
+class Preprocessor:
+    """An artifact's preprocessing without its model: what :meth:`Session.prepare` runs.
+
+    Processes that only read and window recordings (the reader tasks of a Ray run) use it to prepare
+    records for model actors elsewhere, without loading a model of their own."""
+
+    ppg_order: int
+
+    @classmethod
+    def for_manifest(cls, manifest: Manifest) -> Preprocessor:
+        """The preprocessing ``manifest`` records, refused where it is not this package's."""
+        return cls(check_preprocessing(manifest.preprocessing))
+
+    def prepare(self, signal: np.ndarray | Sequence[np.ndarray], fs: float | Sequence[float], leads, *,
+                hop_s: float = 10.0, max_gap_s: float = 0.1, strict: bool = False,
+                max_windows: int = MAX_WINDOWS, offsets: Sequence[int] | None = None) -> Prepared:
+        """Windows of a raw recording as :meth:`Session.prepare` makes them; see :meth:`Session.embed`."""
+        check_positive("hop_s", hop_s)
+        check_positive("max_windows", max_windows, integer=True)
+        if isinstance(max_gap_s, bool) or not isinstance(max_gap_s, (int, float, np.integer, np.floating)) \
+                or not 0 <= max_gap_s < float("inf"):
+            raise ParameterError(f"max_gap_s must be a finite number >= 0 (seconds of NaN to interpolate), "
+                                 f"got {max_gap_s!r}")
+        if leads is None:
+            raise LeadError("name the recording's leads (e.g. leads=['II', 'PPG'])")
+        ids = resolve_leads(leads)
+        names = lead_names(ids)
+        multi_rate = isinstance(fs, (list, tuple, np.ndarray))
+        _check_signal_shape(signal, fs, names, multi_rate)
+        rows = list(signal) if multi_rate else np.asarray(signal)
+        if not multi_rate and rows.ndim == 1:
+            rows = rows[None, :]
+        if len(rows) != len(ids) or (not multi_rate and rows.ndim != 2):
+            raise ShapeError(f"signal has {len(rows)} rows for {len(ids)} leads {names}")
+        if offsets is None:
+            _check_window_count(_duration_s(rows, fs, multi_rate), hop_s, max_windows)
+        keep, dropped = _usable_leads(rows, names)
+        _refuse_or_drop(dropped, strict, len(keep))
+        ids, names = ids[keep], [names[k] for k in keep]
+        if multi_rate:
+            aligned, fills = align_rates([rows[k] for k in keep], [list(fs)[k] for k in keep], names, max_gap_s,
+                                         long_gaps="flag")
+            windows = sliding_windows(aligned, SAMPLE_RATE_HZ, ids, hop_s=hop_s, ppg_order=self.ppg_order,
+                                      offsets=offsets)
+            windows = replace(windows, fills=tuple(fills))
+        else:
+            windows = sliding_windows(rows[keep], fs, ids, hop_s=hop_s, ppg_order=self.ppg_order,
+                                      max_gap_s=max_gap_s, long_gaps="flag", offsets=offsets)
+        never = windows.flat.all(axis=0)  # flat in every window: nothing of that lead was recorded
+        flat_leads = [DroppedLead(names[c], "flat") for c in np.flatnonzero(never)]
+        _refuse_or_drop(flat_leads, strict, int((~never).sum()), dropped)
+        if never.any():
+            good = np.flatnonzero(~never)
+            windows = replace(windows.channels(good),
+                              fills=tuple(f for f in windows.fills if f.channel in {names[c] for c in good}))
+            ids, names = ids[good], [names[c] for c in good]
+        if windows.signal_s < SHORT_RECORD_S:
+            warnings.warn(f"record is only {windows.signal_s:.1f} s: its window is mostly zero padding",
+                          SignalWarning, stacklevel=4)
+        return Prepared(windows, ids, names, dropped + flat_leads)
+
+
 class Session:
     """An artifact ready to run: ``run`` on model inputs, ``embed`` on raw recordings, ``stream`` live."""
 
@@ -246,7 +309,8 @@ class Session:
         self.manifest = manifest
         self.model = manifest.model
         self.precision = manifest.precision
-        self.ppg_order = check_preprocessing(manifest.preprocessing)
+        self.preprocessor = Preprocessor.for_manifest(manifest)
+        self.ppg_order = self.preprocessor.ppg_order
         self._check_outputs()
 
     @classmethod
@@ -398,49 +462,8 @@ class Session:
                 max_windows: int = MAX_WINDOWS, offsets: Sequence[int] | None = None) -> Prepared:
         """The preprocessing half of :meth:`embed` (no inference): safe to run in worker threads while the
         engine scores earlier records."""
-        check_positive("hop_s", hop_s)
-        check_positive("max_windows", max_windows, integer=True)
-        if isinstance(max_gap_s, bool) or not isinstance(max_gap_s, (int, float, np.integer, np.floating)) \
-                or not 0 <= max_gap_s < float("inf"):
-            raise ParameterError(f"max_gap_s must be a finite number >= 0 (seconds of NaN to interpolate), "
-                                 f"got {max_gap_s!r}")
-        if leads is None:
-            raise LeadError("name the recording's leads (e.g. leads=['II', 'PPG'])")
-        ids = resolve_leads(leads)
-        names = lead_names(ids)
-        multi_rate = isinstance(fs, (list, tuple, np.ndarray))
-        _check_signal_shape(signal, fs, names, multi_rate)
-        rows = list(signal) if multi_rate else np.asarray(signal)
-        if not multi_rate and rows.ndim == 1:
-            rows = rows[None, :]
-        if len(rows) != len(ids) or (not multi_rate and rows.ndim != 2):
-            raise ShapeError(f"signal has {len(rows)} rows for {len(ids)} leads {names}")
-        if offsets is None:
-            _check_window_count(_duration_s(rows, fs, multi_rate), hop_s, max_windows)
-        keep, dropped = _usable_leads(rows, names)
-        _refuse_or_drop(dropped, strict, len(keep))
-        ids, names = ids[keep], [names[k] for k in keep]
-        if multi_rate:
-            aligned, fills = align_rates([rows[k] for k in keep], [list(fs)[k] for k in keep], names, max_gap_s,
-                                         long_gaps="flag")
-            windows = sliding_windows(aligned, SAMPLE_RATE_HZ, ids, hop_s=hop_s, ppg_order=self.ppg_order,
-                                      offsets=offsets)
-            windows = replace(windows, fills=tuple(fills))
-        else:
-            windows = sliding_windows(rows[keep], fs, ids, hop_s=hop_s, ppg_order=self.ppg_order,
-                                      max_gap_s=max_gap_s, long_gaps="flag", offsets=offsets)
-        never = windows.flat.all(axis=0)  # flat in every window: nothing of that lead was recorded
-        flat_leads = [DroppedLead(names[c], "flat") for c in np.flatnonzero(never)]
-        _refuse_or_drop(flat_leads, strict, int((~never).sum()), dropped)
-        if never.any():
-            good = np.flatnonzero(~never)
-            windows = replace(windows.channels(good),
-                              fills=tuple(f for f in windows.fills if f.channel in {names[c] for c in good}))
-            ids, names = ids[good], [names[c] for c in good]
-        if windows.signal_s < SHORT_RECORD_S:
-            warnings.warn(f"record is only {windows.signal_s:.1f} s: its window is mostly zero padding",
-                          SignalWarning, stacklevel=3)
-        return Prepared(windows, ids, names, dropped + flat_leads)
+        return self.preprocessor.prepare(signal, fs, leads, hop_s=hop_s, max_gap_s=max_gap_s, strict=strict,
+                                         max_windows=max_windows, offsets=offsets)
 
     def score(self, prepared: Prepared, batch_size: int = 16) -> EmbedResult:
         """The inference half of :meth:`embed`: every window through the engine, then the aggregate."""
