@@ -25,6 +25,7 @@ import pickle
 import shutil
 import socket
 import tempfile
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
@@ -54,8 +55,10 @@ from csfm_edge.recordings.readers import read_recording
 from csfm_edge.runtime.manifest import read_manifest
 from csfm_edge.runtime.session import Preprocessor, Session
 
-READER_CPUS = 0.5  # a reader task's CPU claim: fractional, see the module's docstring
-SCORER_CPUS = 0.5  # an actor's CPU claim (its GPU share is --gpus-per-worker)
+# CPU claims, fractional (see the module's docstring) and unequal: Ray Data fuses a task stage into the next
+# actor stage when their claims are equal, which would read and window records in the model's process.
+READER_CPUS = 0.25  # a reader task
+SCORER_CPUS = 0.5  # an actor (its GPU share is --gpus-per-worker)
 RECORDS_PER_READ = 16  # records one reader task prepares
 RECORDS_PER_SCORE = 4  # records an actor scores per call: what a killed actor's retry repeats
 CONNECT_TIMEOUT_S = 10.0  # ray.init retries an unreachable address for minutes: probe it first
@@ -85,7 +88,9 @@ def run_ray_batch(request: BatchRequest, options: RayOptions) -> BatchSummary:
     parts, done = open_parts(request)
     failed: list[tuple[int, dict]] = []
     made: dict = {}  # what the actors report of their Session: for the table's metadata
-    with ray_connection(options) as ray:
+    with ray_connection(options) as ray, warnings.catch_warnings():
+        # Ray Data's guess, at the start, that a short list could not keep every actor busy (they all get work)
+        warnings.filterwarnings("ignore", "The minimum number of concurrent actors", UserWarning)
         _check_resources(ray, options)
         if parts is not None:
             parts.mkdir(exist_ok=True)
@@ -118,6 +123,7 @@ def ray_connection(options: RayOptions) -> Iterator:
     """The ``ray`` module, connected: to this process's connection, to ``options.address``, or to a local Ray
     started here (its own temporary folder, stopped and removed on leaving, Ctrl-C included)."""
     import ray
+    import ray.data  # sets up Ray Data's loggers, which _quiet_ray_logs then turns down
 
     _quiet_ray_logs()
     if ray.is_initialized():
@@ -193,7 +199,9 @@ def _pipeline(ray, request: BatchRequest, options: RayOptions, manifest, paths: 
     context = ray.data.DataContext.get_current()
     context.enable_progress_bars = False  # ours counts records, not blocks
     context.print_on_execution_start = False
-    data = ray.data.from_items(items, override_num_blocks=max(1, math.ceil(len(items) / RECORDS_PER_READ)))
+    # blocks of RECORDS_PER_READ, and enough of them that a short list still reaches every actor
+    blocks = max(math.ceil(len(items) / RECORDS_PER_READ), min(len(items), 4 * options.workers))
+    data = ray.data.from_items(items, override_num_blocks=blocks)
     data = data.map_batches(_read, fn_kwargs={"request": remote, "preprocessor": Preprocessor.for_manifest(manifest)},
                             batch_size=RECORDS_PER_READ, batch_format="pyarrow", num_cpus=READER_CPUS)
     return data.map_batches(_Scorer, fn_constructor_kwargs={"request": remote, "parts": parts},
