@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -206,7 +207,7 @@ def test_an_unreachable_cluster_is_one_line(tiny_artifacts, tmp_path, data_dir):
 def test_cli_local_ray_started_stopped_interrupted_resumed_into_a_dataset(tiny_artifacts, tmp_path, data_dir):
     """The CLI's own local Ray: Ctrl-C mid-run leaves no Ray process, --resume completes a dataset folder
     equal to the in-process table, and again no process is left."""
-    folder = _folder(tmp_path, data_dir, copies=10)
+    folder = _folder(tmp_path, data_dir, copies=6)
     out = tmp_path / "scores"  # no suffix: a dataset folder
     marker = f"CSFM_TEST_RUN={uuid.uuid4().hex}"
     env = {**os.environ, marker.split("=")[0]: marker.split("=")[1]}
@@ -225,7 +226,9 @@ def test_cli_local_ray_started_stopped_interrupted_resumed_into_a_dataset(tiny_a
     resumed = _cli(*args, "--resume", env=env)
     stdout, stderr = resumed.communicate(timeout=600)
     assert resumed.returncode == 0, stderr
-    assert "already scored (resumed)" in stdout and "60 of 60 recordings scored" in stdout, stdout
+    scored, resumed_count = (int(n) for n in re.search(r"(\d+) of 36 recordings scored.*; (\d+) already scored",
+                                                          stdout).groups())
+    assert resumed_count >= 3 and scored + resumed_count == 36, stdout
     time.sleep(1)
     assert not _marked(marker), "Ray processes outlived the run"
     assert json.loads(errors_path(out).read_text()) == [] and not parts.exists()
