@@ -23,8 +23,10 @@ import math
 import os
 import pickle
 import shutil
+import signal
 import socket
 import tempfile
+import threading
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -121,7 +123,7 @@ def run_ray_batch(request: BatchRequest, options: RayOptions) -> BatchSummary:
 @contextmanager
 def ray_connection(options: RayOptions) -> Iterator:
     """The ``ray`` module, connected: to this process's connection, to ``options.address``, or to a local Ray
-    started here (its own temporary folder, stopped and removed on leaving, Ctrl-C included)."""
+    started here (its own temporary folder, stopped and removed on leaving, Ctrl-C and SIGTERM included)."""
     import ray
     import ray.data  # sets up Ray Data's loggers, which _quiet_ray_logs then turns down
 
@@ -144,11 +146,30 @@ def ray_connection(options: RayOptions) -> Iterator:
             except ConnectionError as exc:
                 raise ClusterError(f"cannot join the Ray cluster at {options.address}: "
                                    f"{str(exc).splitlines()[0]}") from None
-        yield ray
+        with _terminate_as_interrupt():
+            yield ray
     finally:
         ray.shutdown()
         if temp is not None:
             shutil.rmtree(temp, ignore_errors=True)
+
+
+@contextmanager
+def _terminate_as_interrupt() -> Iterator[None]:
+    """SIGTERM (a scheduler's or ``kill``'s stop) handled as Ctrl-C: Ray is stopped, the parts are kept for
+    ``--resume``. Ray's own handler, installed by ``ray.init``, would end the process at once."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def runtime_env() -> dict:
