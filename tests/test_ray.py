@@ -236,8 +236,3 @@ def test_cli_local_ray_started_stopped_interrupted_resumed_into_a_dataset(tiny_a
     run_batch(BatchRequest(tiny_artifacts["int8"], [folder], out=expected, progress=False))
     _same_table(expected, out)
     assert sorted(p.name for p in out.iterdir()) == ["part-00000.parquet"]
-
-
-@pytest.fixture(scope="session")
-def tiny_artifacts():  # DEV ONLY: remove
-    return {"int8": Path("/tmp/rayexp/tiny/csfm-tiny.int8.onnx")}
