@@ -14,6 +14,7 @@ Windows/s are end to end into the Parquet table. Target: Ray >= 80% of in proces
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import platform
 import tempfile
@@ -21,6 +22,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pyarrow.parquet as pq
 from common import ROOT, add_data_flag
 
 from csfm_edge.export.onnx_export import ensure_artifacts
@@ -76,6 +78,7 @@ def main() -> None:
         started = time.perf_counter()
         summary = run_batch(BatchRequest(**{**request.__dict__, "out": Path(tmp) / "process.parquet"}))
         runs.append(("in process (run_batch, 2 reader threads)", summary.windows / (time.perf_counter() - started)))
+        model = json.loads(pq.read_schema(Path(tmp) / "process.parquet").metadata[b"csfm_edge"])["model"]
         started = time.perf_counter()
         with ray_connection(RayOptions()):
             ray_start = time.perf_counter() - started
@@ -87,8 +90,9 @@ def main() -> None:
                              summary.windows / (time.perf_counter() - started)))
             started = time.perf_counter()
         ray_stop = time.perf_counter() - started
-    print(f"CSFM Tiny {args.precision}, {args.records} real 10-s records ({distinct} distinct stretches of the "
-          f"shared recordings), {summary.windows} windows; {cpu_model()}, {len(os.sched_getaffinity(0))} CPUs")
+    print(f"CSFM Tiny {args.precision} on {model['backend']} ({model['provider']}), {args.records} real 10-s "
+          f"records ({distinct} distinct stretches of the shared recordings), {summary.windows} windows; "
+          f"{cpu_model()}, {len(os.sched_getaffinity(0))} CPUs")
     base = runs[0][1]
     for label, rate in runs:
         print(f"  {label:42} {rate:8.1f} windows/s  = {rate / base:5.0%} of in process")
