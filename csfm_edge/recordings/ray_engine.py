@@ -36,13 +36,14 @@ from pathlib import Path
 import numpy as np
 
 import csfm_edge
-from csfm_edge.errors import ClusterError, ParameterError
-from csfm_edge.fileio import sha256_of
+from csfm_edge.errors import ClusterError, CsfmError, ParameterError
+from csfm_edge.fileio import exclusive, sha256_of
 from csfm_edge.recordings.batch import (
     RECORD_ERRORS,
     BatchRequest,
     BatchSummary,
     failure,
+    find_parts,
     finish_table,
     list_records,
     open_parts,
@@ -54,8 +55,10 @@ from csfm_edge.recordings.batch import (
     write_part,
 )
 from csfm_edge.recordings.readers import read_recording
+from csfm_edge.runtime.backends import is_checkpoint
 from csfm_edge.runtime.manifest import read_manifest
 from csfm_edge.runtime.session import Preprocessor, Session
+from csfm_edge.runtime.trust import verify_artifact
 
 # CPU claims, fractional (see the module's docstring) and unequal: Ray Data fuses a task stage into the next
 # actor stage when their claims are equal, which would read and window records in the model's process.
@@ -79,27 +82,50 @@ def run_ray_batch(request: BatchRequest, options: RayOptions) -> BatchSummary:
     """:func:`~csfm_edge.recordings.batch.run_batch` on Ray: the same recordings, table, errors file and summary.
 
     Without ``options.address`` a local Ray is started for the run and stopped after, also on Ctrl-C;
-    where this process is already connected to Ray (``ray.init`` by the caller), that connection is used."""
+    where this process is already connected to Ray (``ray.init`` by the caller), that connection is used.
+    While it writes ``out`` the run holds the same lock beside it as in process."""
     if options.workers < 1:
         raise ParameterError(f"--workers must be at least 1 scoring actor, not {options.workers}")
     if not (options.gpus_per_worker >= 0 and math.isfinite(options.gpus_per_worker)):
         raise ParameterError(f"--gpus-per-worker must be a GPU share >= 0, not {options.gpus_per_worker}")
+    if is_checkpoint(request.artifact):
+        raise ParameterError("--engine ray scores exported artifacts (.onnx, .plan); a checkpoint (the PyTorch "
+                             "reference) runs in process")
+    if request.out is None:
+        return _run_ray_batch(request, options)
+    import pyarrow  # noqa: F401  (the table extra: missing, it fails here, before any file is made)
+
+    with exclusive(request.out):
+        return _run_ray_batch(request, options)
+
+
+def _run_ray_batch(request: BatchRequest, options: RayOptions) -> BatchSummary:
     paths = list_records(request)
-    manifest = read_manifest(request.artifact)  # a missing or corrupt artifact is refused before Ray starts
+    # refused before Ray starts: an artifact whose signature does not verify, a missing or corrupt one
+    anchor = verify_artifact(request.artifact, request.trust)
+    manifest = read_manifest(request.artifact)
+    artifact_sha256 = manifest.file.sha256 if manifest.file else sha256_of(request.artifact)
     summary = BatchSummary(len(paths))
-    parts, done = open_parts(request)
+    parts, resuming = find_parts(request)
+    # what the workers get: paths that mean the same on every node, the trust anchor resolved here
+    remote = replace(request, artifact=request.artifact.absolute(), trust=anchor)
     failed: list[tuple[int, dict]] = []
-    made: dict = {}  # what the actors report of their Session: for the table's metadata
+    model: dict = {}  # what the actors report of their Session: for the table's metadata
     with ray_connection(options) as ray, warnings.catch_warnings():
         # Ray Data's guess, at the start, that a short list could not keep every actor busy (they all get work)
         warnings.filterwarnings("ignore", "The minimum number of concurrent actors", UserWarning)
         _check_resources(ray, options)
+        done: set[str] = set()
         if parts is not None:
-            parts.mkdir(exist_ok=True)
-        rows = _pipeline(ray, request, options, manifest, paths, parts, done).iter_rows()
+            done, summary.redone = open_parts(parts, resuming, request, artifact_sha256)
+        rows = _pipeline(ray, remote, options, manifest, paths, parts, resuming, done).iter_rows()
         bar = records_bar(len(paths), request.progress)
         try:
             for row in rows:
+                if row["status"] == "fatal":  # a worker's error that stops the run: its one line, here
+                    if parts is not None and not resuming:  # as in process: a new run keeps nothing
+                        shutil.rmtree(parts, ignore_errors=True)
+                    raise pickle.loads(row["fatal"])
                 if row["status"] == "scored":
                     summary.scored += 1
                     summary.windows += row["windows"]
@@ -108,14 +134,14 @@ def run_ray_batch(request: BatchRequest, options: RayOptions) -> BatchSummary:
                     summary.skipped += 1
                 else:
                     failed.append((row["index"], {"path": row["path"], "error": row["error"]}))
-                made = made or {"model": json.loads(row["model"]), "artifact_sha256": row["artifact_sha256"]}
+                model = model or json.loads(row["model"])
                 bar.update()
                 bar.set_postfix(windows=summary.windows, failed=len(failed))
         finally:
             bar.close()
     summary.failed = [f for _, f in sorted(failed, key=lambda pair: pair[0])]  # listing order, as in process
     if request.out is not None:
-        finish_table(request.out, parts, table_metadata(request, made["artifact_sha256"], made["model"]),
+        finish_table(request.out, parts, resuming, table_metadata(request, artifact_sha256, model),
                      manifest.outputs, summary.failed)
     return summary
 
@@ -210,22 +236,21 @@ def _check_resources(ray, options: RayOptions) -> None:
 
 
 def _pipeline(ray, request: BatchRequest, options: RayOptions, manifest, paths: list[Path], parts: Path | None,
-              done: set[str]):
+              resuming: bool, done: set[str]):
     """The Ray Data stream: listed paths -> reader tasks -> scoring actors -> one summary row per record."""
     earlier: dict[int, list[str]] = {}
     for name in done:  # parts of an interrupted run, by record index
         earlier.setdefault(int(name.split("-")[0]), []).append(name)
     items = [{"index": i, "path": str(p), "done": earlier.get(i, [])} for i, p in enumerate(paths)]
-    remote = replace(request, artifact=request.artifact.absolute())  # workers have no working folder of ours
     context = ray.data.DataContext.get_current()
     context.enable_progress_bars = False  # ours counts records, not blocks
     context.print_on_execution_start = False
     # blocks of RECORDS_PER_READ, and enough of them that a short list still reaches every actor
     blocks = max(math.ceil(len(items) / RECORDS_PER_READ), min(len(items), 4 * options.workers))
     data = ray.data.from_items(items, override_num_blocks=blocks)
-    data = data.map_batches(_read, fn_kwargs={"request": remote, "preprocessor": Preprocessor.for_manifest(manifest)},
+    data = data.map_batches(_read, fn_kwargs={"request": request, "preprocessor": Preprocessor.for_manifest(manifest)},
                             batch_size=RECORDS_PER_READ, batch_format="pyarrow", num_cpus=READER_CPUS)
-    return data.map_batches(_Scorer, fn_constructor_kwargs={"request": remote, "parts": parts},
+    return data.map_batches(_Scorer, fn_constructor_kwargs={"request": request, "parts": parts, "resuming": resuming},
                             batch_size=RECORDS_PER_SCORE, batch_format="pyarrow", num_cpus=SCORER_CPUS,
                             num_gpus=options.gpus_per_worker or None,
                             compute=ray.data.ActorPoolStrategy(size=options.workers))
@@ -257,17 +282,26 @@ def _read(batch, request: BatchRequest, preprocessor: Preprocessor):
 
 
 class _Scorer:
-    """Scoring actor: one Session; scores each prepared record and writes its part."""
+    """Scoring actor: one Session; scores each prepared record and writes its part.
 
-    def __init__(self, request: BatchRequest, parts: Path | None):
+    A csfm-edge error that stops the run (no such provider or GPU on this node, a signature that does not
+    verify, a disk full) is not raised here, where Ray would retry and wrap it in pages of its own
+    tracebacks: it goes back in a ``fatal`` row, and the driver raises it."""
+
+    def __init__(self, request: BatchRequest, parts: Path | None, resuming: bool):
         import ray
 
-        self.request, self.parts = request, parts
-        self.session = Session.open(request.artifact, request.options)
+        self.request, self.parts, self.resuming = request, parts, resuming
+        self.node = ray.get_runtime_context().get_node_id()
+        self.fatal: CsfmError | None = None
+        try:
+            self.session = Session.open(request.artifact, request.options, trust=request.trust)
+        except CsfmError as exc:
+            self.fatal = exc
+            return
         manifest = self.session.manifest
         self.artifact_sha256 = manifest.file.sha256 if manifest.file else sha256_of(request.artifact)
         self.model = json.dumps(self.session.info(), default=str)
-        self.node = ray.get_runtime_context().get_node_id()
 
     def __call__(self, batch):
         import pyarrow as pa
@@ -275,11 +309,18 @@ class _Scorer:
         rows = []
         for item in batch.to_pylist():
             row = {"index": item["index"], "path": item["path"], "status": item["status"], "error": item["error"],
-                   "windows": 0}
-            if item["status"] == "ready":
-                row.update(self._score(item))
-            rows.append({**row, "node": self.node, "model": self.model, "artifact_sha256": self.artifact_sha256})
-        return pa.Table.from_pylist(rows)
+                   "windows": 0, "fatal": None}
+            if self.fatal is None and item["status"] == "ready":
+                try:
+                    row.update(self._score(item))
+                except CsfmError as exc:  # a part that cannot be written (see write_part)
+                    self.fatal = exc
+            if self.fatal is not None:
+                row.update(status="fatal", fatal=pickle.dumps(self.fatal))
+            rows.append({**row, "node": self.node, "model": None if self.fatal else self.model})
+        return pa.Table.from_pylist(rows, schema=pa.schema([
+            ("index", pa.int64()), ("path", pa.string()), ("status", pa.string()), ("error", pa.string()),
+            ("windows", pa.int64()), ("fatal", pa.binary()), ("node", pa.string()), ("model", pa.string())]))
 
     def _score(self, item: dict) -> dict:
         path, digest = Path(item["path"]), item["digest"]
@@ -292,5 +333,5 @@ class _Scorer:
             return {"status": "failed", "error": failure(path, exc)["error"]}
         if self.parts is not None:
             write_part(self.parts / part_name(item["index"], digest), path, digest, recording, result,
-                       self.artifact_sha256, self.session)
+                       self.artifact_sha256, self.session, self.resuming)
         return {"status": "scored", "windows": len(result.start_s)}
