@@ -21,8 +21,9 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from csfm_edge.errors import ClusterError
+from csfm_edge.errors import BackendUnavailableError, ClusterError
 from csfm_edge.recordings.batch import BatchRequest, BatchSummary, errors_path, parts_folder, run_batch
+from csfm_edge.runtime.backends import BackendOptions
 
 ray = pytest.importorskip("ray", reason="the ray extra is not installed: pip install 'csfm-edge[ray]'")
 
@@ -185,12 +186,19 @@ def test_a_killed_scoring_actor_is_retried_nothing_lost_or_twice(cluster, archiv
     _same_table(process, out)  # every record's windows once, in order: none lost, none twice
 
 
-def test_a_pool_the_cluster_cannot_hold_is_refused(cluster, tiny_artifacts, tmp_path, data_dir):
+def test_what_the_cluster_cannot_do_is_refused_in_one_line(cluster, tiny_artifacts, tmp_path, data_dir):
+    """A pool larger than the cluster, before any work; a provider the actors' node lacks, raised by the driver
+    as the actor's own error (not Ray's tracebacks), leaving no parts folder behind."""
     folder = _folder(tmp_path, data_dir)
     with pytest.raises(ClusterError, match="GPUs; the Ray cluster has 0"):
         run_ray_batch(BatchRequest(tiny_artifacts["int8"], [folder], progress=False), RayOptions(gpus_per_worker=0.5))
     with pytest.raises(ClusterError, match="pass fewer --workers"):
         run_ray_batch(BatchRequest(tiny_artifacts["int8"], [folder], progress=False), RayOptions(workers=8))
+    out = tmp_path / "scores.parquet"
+    with pytest.raises(BackendUnavailableError, match="'tensorrt' is not available here"):
+        run_ray_batch(BatchRequest(tiny_artifacts["int8"], [folder], out=out,
+                                   options=BackendOptions(provider="tensorrt"), progress=False), RayOptions())
+    assert not parts_folder(out).exists() and not out.exists()
 
 
 def test_an_unreachable_cluster_is_one_line(tiny_artifacts, tmp_path, data_dir):
