@@ -20,17 +20,14 @@ from __future__ import annotations
 
 import json
 import math
-import multiprocessing
 import sys
 from collections.abc import Callable
-from concurrent.futures import ProcessPoolExecutor
-from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from csfm_edge.bench.timing import measure
+from csfm_edge.bench.timing import in_own_process, measure
 from csfm_edge.errors import CsfmError, ParameterError
 from csfm_edge.fileio import check_output, sha256_of, write_atomically
 from csfm_edge.leads import lead_set
@@ -200,16 +197,6 @@ def measure_setting(path: str, setting: dict, cases: list[tuple[str, int]], data
 def _reason(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()
     return text[0] if isinstance(exc, CsfmError) and text else f"{type(exc).__name__}: {text[0] if text else ''}"
-
-
-def in_own_process(fn: Callable, *args) -> dict:
-    """``fn(*args)`` in a freshly spawned interpreter (no thread pool of this one shares its cores)."""
-    context = multiprocessing.get_context("spawn")
-    try:
-        with ProcessPoolExecutor(max_workers=1, mp_context=context) as pool:
-            return pool.submit(fn, *args).result()
-    except BrokenProcessPool:
-        return {"error": "the process running it died (crash or out of memory)"}
 
 
 class Tuning:
