@@ -27,6 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
+from csfm_edge.bench.runner import resolve_target
 from csfm_edge.bench.timing import in_own_process, measure
 from csfm_edge.errors import CsfmError, ParameterError
 from csfm_edge.fileio import check_output, sha256_of, write_atomically
@@ -34,6 +35,7 @@ from csfm_edge.leads import lead_set
 from csfm_edge.metrics import cosine_rows
 from csfm_edge.progress import console_progress
 from csfm_edge.recordings.datasets import lead_set_batches, real_batch
+from csfm_edge.runtime.backends import BackendOptions
 from csfm_edge.runtime.manifest import manifest_path, now, read_manifest
 from csfm_edge.runtime.tuned import (
     TUNED_NAME,
@@ -160,13 +162,20 @@ def candidate_settings(candidates: list[Candidate], config: TuneConfig) -> tuple
     return settings, skipped
 
 
-def measure_setting(path: str, setting: dict, cases: list[tuple[str, int]], data_dir: str | None,
-                    warmup_s: float, duration_s: float, reference: dict | None, min_cosine: float | None) -> dict:
-    """In a fresh process: open the setting, compare its features with ``reference`` (when given; timing only
-    if it passes), then time every case. Returns picklable figures; errors come back as ``error``."""
+def measure_contender(spec: str, setting: dict | None, cases: list[tuple[str, int]], data_dir: str | None,
+                      warmup_s: float, duration_s: float, reference: dict | None = None,
+                      min_cosine: float | None = None, timed: bool = True) -> dict:
+    """Run in a fresh process (:func:`~csfm_edge.bench.timing.in_own_process`): open the artifact ``spec`` with
+    ``setting`` (a :class:`Setting` as a dict), or a bench target (``torch-fast:tiny``) where ``setting`` is
+    None; compare its features on real windows with ``reference`` (when given; timing only if it reaches
+    ``min_cosine``), then time every case (unless not ``timed``). Returns picklable figures; failures come
+    back as ``error``."""
     try:
         batches = lead_set_batches(Path(data_dir) if data_dir else None)
-        backend = open_setting(Path(path), read_manifest(path), Setting(**setting))
+        if setting is None:
+            backend = resolve_target(spec, BackendOptions()).open()
+        else:
+            backend = open_setting(Path(spec), read_manifest(spec), Setting(**setting))
     except Exception as exc:  # noqa: BLE001 - any failure to open is a reason to skip, reported to the parent
         return {"error": _reason(exc)}
     try:
@@ -178,7 +187,7 @@ def measure_setting(path: str, setting: dict, cases: list[tuple[str, int]], data
             out["features"][name] = features
             if reference is not None:
                 out["min_cosine"][name] = float(cosine_rows(features, reference[name]).min())
-        if reference is not None and min(out["min_cosine"].values()) < min_cosine:
+        if not timed or (reference is not None and min(out["min_cosine"].values()) < min_cosine):
             return out
         for name, batch in cases:
             ids = np.asarray(lead_set(name), dtype=np.int64)
@@ -226,18 +235,18 @@ class Tuning:
         self.skipped += skipped
         self.precision = {c.path.name: c.manifest.precision for c in self.candidates}
 
-    def _run(self, setting: Setting, reference: dict | None, min_cosine: float | None) -> dict:
+    def _run(self, setting: Setting, reference: dict | None, min_cosine: float | None, timed: bool = True) -> dict:
         config = self.config
-        return in_own_process(measure_setting, str(self.folder / setting.artifact), setting.to_dict(), config.cases(),
+        return in_own_process(measure_contender, str(self.folder / setting.artifact), setting.to_dict(), config.cases(),
                               str(config.data_dir) if config.data_dir else None, config.warmup_s, config.duration_s,
-                              reference, min_cosine)
+                              reference, min_cosine, timed)
 
     def run(self) -> dict:
         config = self.config
         cases = [case_name(s, b) for s, b in config.cases()]
         self.say(f"[tune] {len(self.settings)} candidates x {len(cases)} cases x {config.rounds} rounds, each "
                  f"candidate in its own process; reference {self.reference_setting.label()}")
-        first = self._run(self.reference_setting, None, None)
+        first = self._run(self.reference_setting, None, None, timed=False)
         if "error" in first:
             raise TuneError(f"the fp32 reference {self.reference_setting.label()} failed: {first['error']}")
         reference = first["features"]
