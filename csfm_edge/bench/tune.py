@@ -38,6 +38,7 @@ from csfm_edge.recordings.datasets import lead_set_batches, real_batch
 from csfm_edge.runtime.backends import BackendOptions
 from csfm_edge.runtime.manifest import manifest_path, now, read_manifest
 from csfm_edge.runtime.tuned import (
+    ARTIFACT_SUFFIXES,
     TUNED_NAME,
     TUNED_VERSION,
     Candidate,
@@ -96,6 +97,11 @@ def required_cosine(precision: str, override: float | None) -> float:
 def _resolve(config: TuneConfig) -> tuple[Path, list[Candidate], list[dict]]:
     """The folder and its verified artifacts (only the named files, where files were named)."""
     paths = [Path(p) for p in config.paths]
+    for path in paths:
+        if not path.exists():
+            raise TuneError(f"{path} does not exist")
+        if path.is_file() and path.suffix.lower() not in ARTIFACT_SUFFIXES:
+            raise TuneError(f"{path} is not an artifact (.onnx or .plan); name an export folder or its artifacts")
     if len(paths) == 1 and paths[0].is_dir():
         return paths[0], *folder_artifacts(paths[0])
     folders = {p.resolve().parent for p in paths}
