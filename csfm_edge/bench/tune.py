@@ -163,8 +163,9 @@ def candidate_settings(candidates: list[Candidate], config: TuneConfig) -> tuple
                 settings += [Setting(name, "cpu", None, t) for t in config.threads]
             elif not c.manifest.precision.startswith("cpu-"):
                 settings.append(Setting(name, provider))
-    skipped.append({"candidate": "PyTorch fallback", "reason": "a GPU candidate (with CUDA graphs) once the "
-                    "reference backend runs on GPUs; on CPUs PyTorch is the baseline of benchmarks/cpu_backends.py"})
+    skipped.append({"candidate": "PyTorch fallback", "reason": "not a tune candidate yet: tune times exported "
+                    "artifacts (the PyTorch reference on CUDA is timed by scripts/gpu-check; on CPUs PyTorch is the "
+                    "baseline of benchmarks/cpu_backends.py)"})
     return settings, skipped
 
 
