@@ -407,8 +407,8 @@ def tune_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("artifacts", nargs="+", type=Path, help="an export folder, or artifact files of one folder")
     add_lead_sets_flag(p, "each timed")
     p.add_argument("--batch", default="8", help="comma-separated batch sizes (default 8)")
-    p.add_argument("--provider", default=None, type=str.lower,
-                   help="only these, comma-separated: openvino, cpu, cuda, tensorrt (default: every one present)")
+    add_provider_flag(p, several=True, help="only these, comma-separated: openvino, cpu, cuda, tensorrt (default: "
+                                            "every one present)")
     p.add_argument("--inference-precision", default=None,
                    help="OpenVINO inference precisions to try: f32, bf16, f16 (default: every one the CPU offers)")
     p.add_argument("--threads", default=None,
