@@ -1,7 +1,7 @@
 """INT8 calibration methods compared on held-out real recordings, for untrained and outlier-stressed weights.
 
 Usage: .venv/bin/python benchmarks/calibration.py [--size tiny] [--windows 16,64,256] [--methods minmax,entropy]
-       [--variants untrained,STRESS] [--keep-float none,ln-fed,ff1,qkv]
+       [--variants untrained,STRESS] [--keep-float none,ln-fed,ff1,qkv] [--providers cpu,openvino]
 
 In one run: CSFM (seeded, UNTRAINED) exported to FP32 ONNX, then quantized to the Q/DQ INT8 graph csfm-edge
 ships with each calibration method and number of calibration windows (drawn from every lead set, never a
@@ -62,13 +62,16 @@ def main() -> None:
     parser.add_argument("--variants", default="untrained,STRESS")
     parser.add_argument("--keep-float", default="attention,none", help=f"comma list of {', '.join(KEEP_FLOAT)} "
                         "(attention: csfm-edge's default)")
+    parser.add_argument("--providers", default="cpu", help="where each INT8 graph runs: cpu (ONNX Runtime), "
+                        "openvino (in bf16 where the CPU has it, as csfm-edge runs int8 graphs); comma list")
     add_data_flag(parser)
     args = parser.parse_args()
     counts = [int(n) for n in args.windows.split(",")]
     methods = args.methods.split(",")
     held_out = lead_set_batches(args.data)  # the verification windows: never calibration ones
     print(f"CSFM {args.size}, UNTRAINED seed 0; held out: " + "; ".join(b.source for b in held_out))
-    print(f"{'weights':9} {'method':10} {'windows':>7} {'float':>9} " + " ".join(f"{b.name:>8}" for b in held_out)
+    print(f"{'weights':9} {'method':10} {'windows':>7} {'float':>9} {'runs on':>8} "
+          + " ".join(f"{b.name:>8}" for b in held_out)
           + f" {'worst':>8} {'s':>5}")
     for variant in args.variants.split(","):
         model = build(size_config(args.size), seed=0)
@@ -84,12 +87,14 @@ def main() -> None:
                 to_int8(fp32, int8, RecordingCalibrationReader(calibration_batches(args.data, count)), method,
                         KEEP_FLOAT[kept])
                 manifest = graph_manifest(model.config, "int8", untrained_weights(0))
-                backend = open_backend(int8, manifest, BackendOptions(provider="cpu"))
-                worst = [compare(ref, backend.run(SPEC.feed(b.signal, b.channel_ids))[SPEC.features]).min_cosine
-                         for b, ref in zip(held_out, reference)]
-                backend.close()
-                print(f"{variant:9} {method:10} {count:7d} {kept:>9} " + " ".join(f"{w:8.5f}" for w in worst)
-                      + f" {min(worst):8.5f} {time.perf_counter() - started:5.0f}", flush=True)
+                for provider in args.providers.split(","):
+                    backend = open_backend(int8, manifest, BackendOptions(provider=provider))
+                    worst = [compare(ref, backend.run(SPEC.feed(b.signal, b.channel_ids))[SPEC.features]).min_cosine
+                             for b, ref in zip(held_out, reference)]
+                    backend.close()
+                    print(f"{variant:9} {method:10} {count:7d} {kept:>9} {provider:>8} "
+                          + " ".join(f"{w:8.5f}" for w in worst)
+                          + f" {min(worst):8.5f} {time.perf_counter() - started:5.0f}", flush=True)
 
 
 if __name__ == "__main__":

@@ -47,6 +47,8 @@ COMMANDS = (
     Command("run", "run an artifact on a recording: per-window features/logits with times and flags",
             c.run_flags, c.run),
     Command("bench", "benchmark artifacts across batch sizes, lead sets and window lengths", c.bench_flags, c.bench),
+    Command("tune", "time every verified artifact of a folder on every backend setting here; pick the fastest "
+            "accurate one for Session.open(FOLDER)", c.tune_flags, c.tune),
     Command("bench-report", "markdown tables and PNG plots comparing bench results across machines",
             c.report_flags, c.bench_report),
     Command("triton-repo", "write a Triton Inference Server model repository (one model per lead set)",

@@ -428,6 +428,46 @@ def bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def tune_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("artifacts", nargs="+", type=Path, help="an export folder, or artifact files of one folder")
+    add_lead_sets_flag(p, "each timed")
+    p.add_argument("--batch", default="8", help="comma-separated batch sizes (default 8)")
+    add_provider_flag(p, several=True, help="only these, comma-separated: openvino, cpu, cuda, tensorrt (default: "
+                                            "every one present)")
+    p.add_argument("--inference-precision", default=None,
+                   help="OpenVINO inference precisions to try: f32, bf16, f16 (default: every one the CPU offers)")
+    p.add_argument("--threads", default=None,
+                   help="CPU thread counts to try, comma-separated (default: each backend's own, all cores)")
+    p.add_argument("--min-cosine", type=float, default=None,
+                   help="worst per-window cosine vs fp32 a candidate needs (default: its precision's tolerance)")
+    p.add_argument("--rounds", type=int, default=3, help="alternating timing rounds (default 3)")
+    p.add_argument("--duration-s", type=float, default=2.0, help="timed seconds per case and round (default 2)")
+    add_data_flag(p, "the accuracy check and timing")
+    add_output_flags(p, "the tuned record (default FOLDER/tuned.json, which Session.open(FOLDER) reads)")
+
+
+def tune(args: argparse.Namespace) -> int:
+    from csfm_edge.bench.tune import TuneConfig
+    from csfm_edge.bench.tune import tune as run_tune
+
+    threads = _int_list(args.threads) if args.threads else [None]
+    record = run_tune(TuneConfig(
+        args.artifacts, split_list(args.lead_sets), _int_list(args.batch), args.out, args.force, data_dir(args),
+        split_list(args.provider) if args.provider else None,
+        split_list(args.inference_precision) if args.inference_precision else None, threads, args.min_cosine,
+        args.rounds, duration_s=args.duration_s))
+    cases = list(record["candidates"][0]["latency_ms"])
+    print(f"{'candidate':52} " + " ".join(f"{c + ' ms (spread)':>24}" for c in cases) + f" {'score':>6} {'cosine':>8}")
+    for row in record["candidates"]:
+        cells = [f"{v['median']:9.1f} ({v['min']:.0f}-{v['max']:.0f})" for v in row["latency_ms"].values()]
+        print(f"{row['label'][:52]:52} " + " ".join(f"{c:>24}" for c in cells)
+              + f" {row['score']:6.2f} {min(row['min_cosine_vs_fp32'].values()):8.5f}")
+    for s in record["skipped"]:
+        print(f"skipped {s['candidate']}: {s['reason']}")
+    print(f"chose {record['choice']['setting']['artifact']}: {record['choice']['why']}")
+    return 0
+
+
 def report_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("results", nargs="+", type=Path, help="bench JSON files (one per machine)")
     add_output_flags(p, "folder for report.md and the PNG plots", required=True,

@@ -85,7 +85,7 @@ def test_sweep_writes_json_per_case_and_skips_what_cannot_run(tiny_artifacts, da
     assert len(saved["results"]) == 4 and saved["skipped"][0]["target"] == str(broken)
     assert "has no manifest" in saved["skipped"][0]["reason"]
     machine = saved["machine"]
-    assert machine["cores"] >= 1 and machine["cpu_peak_gflops_fp32"] > 0 and "onnxruntime" in machine["packages"]
+    assert machine["cores"] >= 1 and machine["cpu_peak_tflops"]["fp32"] > 0 and "onnxruntime" in machine["packages"]
     first = saved["results"][0]
     assert first["precision"] == "int8" and first["backend"]["provider"] == "CPUExecutionProvider"
     assert first["accuracy_min_cosine_vs_fp32"] >= 0.99
@@ -93,12 +93,14 @@ def test_sweep_writes_json_per_case_and_skips_what_cannot_run(tiny_artifacts, da
     assert 0 < first["preprocess_share"] < 1 and first["throughput"]["windows_per_s"] > 0
     torch_row = saved["results"][-1]
     assert torch_row["accuracy_min_cosine_vs_fp32"] == pytest.approx(1.0, abs=1e-6)
-    assert torch_row["fraction_of_peak"] is not None and first["fraction_of_peak"] is None
+    assert torch_row["fraction_of_peak"] is not None and torch_row["peak_source"] == "measured CPU fp32 matmul"
+    assert first["peak_source"] == "measured CPU int8 matmul" and 0 < first["fraction_of_peak"] < 1
 
     report_dir = tmp_path / "report"
     written = build_report([out, out], report_dir)
     markdown = (report_dir / "report.md").read_text()
     assert "## CSFM tiny" in markdown and "csfm-tiny.int8.onnx @cpu" in markdown
+    assert f"| {machine['cpu']} |" in markdown  # the machines table: CPU, ISA flags and measured limits
     pngs = [p for p in written if p.suffix == ".png"]
     assert len(pngs) == 3 and all(p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and p.stat().st_size > 5000 for p in pngs)
 

@@ -136,6 +136,9 @@ def test_int8_graph_is_symmetric_per_channel_qdq(tiny_artifacts):
     for node in model.graph.node:  # LayerNorm, Softmax and GELU's Erf see float tensors, not int8
         if node.op_type in ("LayerNormalization", "Softmax", "Erf"):
             assert producers.get(node.input[0]) is None or producers[node.input[0]].op_type != "DequantizeLinear"
+    quantized_outputs = [n.name for n in model.graph.node if n.op_type == "QuantizeLinear"
+                         and getattr(producers.get(n.input[0]), "op_type", None) == "MatMul"]
+    assert not quantized_outputs  # MatMul outputs stay float (OpenVINO then runs attention in bf16, not int8)
 
 
 def test_head_is_exported_as_logits(tmp_path, data_dir):

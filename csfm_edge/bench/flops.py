@@ -52,3 +52,13 @@ def published_peak(gpu_name: str | None, precision: str) -> float | None:
         if re.search(pattern, gpu_name, re.IGNORECASE):
             return peaks.get(precision)
     return None
+
+
+def cpu_peak_precision(compute: str, backend: dict) -> str:
+    """Which of the CPU's measured limits (fp32, bf16, int8) a target is held to: int8 graphs the int8 one
+    (their large MatMuls are integer; the float attention scores count against it too), anything a backend
+    runs in bf16 (OpenVINO's bf16 inference precision, PyTorch bf16 autocast) the bf16 one, the rest fp32
+    (ONNX Runtime's CPU provider computes an fp16 graph's products in float32)."""
+    if compute == "int8":
+        return "int8"
+    return "bf16" if "bf16" in str(backend.get("provider", "")) else "fp32"

@@ -31,7 +31,7 @@ def load_results(paths: list[Path]) -> list[dict]:
         if "results" not in record or "machine" not in record:
             raise InputFileError(f"{path} is not a csfm-edge bench JSON (no machine/results)")
         label = machine_label(record["machine"])
-        rows += [{**r, "machine": label} for r in record["results"]]
+        rows += [{**r, "machine": label, "machine_record": record["machine"]} for r in record["results"]]
     if not rows:
         raise CsfmError("no benchmark results in the given files")
     return rows
@@ -41,8 +41,23 @@ def _fmt(value: float | None, digits: int = 1) -> str:
     return "-" if value is None else f"{value:.{digits}f}"
 
 
+def machines_table(rows: list[dict]) -> str:
+    """Each machine's CPU, the ISA flags that pick kernels, and its own measured matrix-product limits."""
+    out = ["## Machines\n", "Limits measured on each machine (best of three 2048^3 products; TOP/s for int8).\n",
+           "| machine | CPU | ISA flags | fp32 TFLOP/s | bf16 TFLOP/s | int8 TOP/s |", "|---|---|---|---|---|---|"]
+    seen = {}
+    for r in rows:
+        seen.setdefault(r["machine"], r.get("machine_record") or {})
+    for label, machine in sorted(seen.items()):
+        peaks = machine.get("cpu_peak_tflops") or {}
+        flags = " ".join(f for f in machine.get("cpu_flags") or [] if f.startswith(("amx", "avx512", "avx_vnni")))
+        out.append(f"| {label} | {machine.get('cpu', '?')} | {flags or '-'} | {_fmt(peaks.get('fp32'), 3)} | "
+                   f"{_fmt(peaks.get('bf16'), 3)} | {_fmt(peaks.get('int8'), 3)} |")
+    return "\n".join(out) + "\n"
+
+
 def markdown_tables(rows: list[dict]) -> str:
-    out = []
+    out = [machines_table(rows)]
     machines = sorted({r["machine"] for r in rows})
     for size in sorted({r["size"] for r in rows}):
         sized = [r for r in rows if r["size"] == size]

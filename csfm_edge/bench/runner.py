@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from csfm_edge.bench.flops import published_peak, window_flops
+from csfm_edge.bench.flops import cpu_peak_precision, published_peak, window_flops
 from csfm_edge.bench.machine import machine_record
 from csfm_edge.bench.power import PowerSampler
 from csfm_edge.bench.timing import measure
@@ -237,9 +237,10 @@ class BenchRun:
         compute = "fp16" if target.precision == "bf16" else precision_record(target.precision).compute
         if backend.on_gpu:
             peak, peak_source = published_peak(gpu_name, compute), "published (datasheet, dense)"
-        else:  # the CPU's measured peak is a float32 one: only fp32 targets are compared with it
-            peak, peak_source = (machine["cpu_peak_gflops_fp32"] / 1000, "measured CPU fp32 matmul") \
-                if compute == "fp32" else (None, "no measured peak at this precision")
+        else:  # this CPU's own measured matrix-product limit at the precision the target computes in
+            key = cpu_peak_precision(compute, backend.describe())
+            peak = (machine.get("cpu_peak_tflops") or {}).get(key)
+            peak_source = f"measured CPU {key} matmul" if peak else f"no measured CPU {key} peak"
         achieved = flops * windows_per_s / 1e12
         rss_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         energy = None if power.average_w is None else power.average_w * latency.median_ms / batch  # mJ

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import multiprocessing
 import time
 from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -50,3 +53,15 @@ def measure(fn: Callable[[], object], *, warmup_s: float = 0.2, duration_s: floa
         fn()
         samples.append((time.perf_counter() - start) * 1000.0)
     return summarize(np.asarray(samples))
+
+
+def in_own_process(fn: Callable[..., dict], *args) -> dict:
+    """``fn(*args)`` in a freshly spawned interpreter, whose thread pools share no cores with this one's
+    (OpenVINO's and PyTorch's pools fight: a PyTorch bf16 call measured 5x slower beside a live OpenVINO
+    session). A process that dies returns ``{"error": ...}``."""
+    context = multiprocessing.get_context("spawn")
+    try:
+        with ProcessPoolExecutor(max_workers=1, mp_context=context) as pool:
+            return pool.submit(fn, *args).result()
+    except BrokenProcessPool:
+        return {"error": "the process running it died (crash or out of memory)"}

@@ -105,8 +105,13 @@ def to_int8(fp32_path: Path, out_path: Path, reader: RecordingCalibrationReader,
         # One window per stride: ONNX Runtime computes and merges each stride's ranges (min/max, or the
         # histograms of entropy/percentile) and frees its activations before the next, so peak memory is
         # that of one window whatever the number of windows.
+        # MatMul outputs stay float: quantizing them (ONNX Runtime's default) adds a Q/DQ pair after every
+        # linear layer, and OpenVINO then carries q, k and v in int8 into its fused attention, which runs
+        # on AVX-512 rather than AMX. Without them the attention runs in bf16 and the features move closer
+        # to fp32 (docs/performance-cpu.md: worst cosine 0.99988 -> 0.99993 on the seeded Tiny).
         extra = {"ActivationSymmetric": True, "WeightSymmetric": True,
-                 "QDQOpTypePerChannelSupportToAxis": {"MatMul": 1}, "CalibStridedMinMax": 1}
+                 "QDQOpTypePerChannelSupportToAxis": {"MatMul": 1}, "CalibStridedMinMax": 1,
+                 "OpTypesToExcludeOutputQuantization": list(INT8_OPS)}
         if method == "percentile":
             extra["CalibPercentile"] = PERCENTILE
         reader.rewind()
@@ -118,6 +123,7 @@ def to_int8(fp32_path: Path, out_path: Path, reader: RecordingCalibrationReader,
                             extra_options=extra)
     return {"tool": "onnxruntime.quantization.quantize_static (QDQ)", "calibration_method": method,
             "percentile": PERCENTILE if method == "percentile" else None,
-            "activations": "int8 symmetric per tensor", "weights": "int8 symmetric per channel (axis 1)",
+            "activations": "int8 symmetric per tensor at MatMul inputs (their outputs stay float)",
+            "weights": "int8 symmetric per channel (axis 1)",
             "quantized_ops": list(INT8_OPS), "float_ops": ["LayerNormalization", "Softmax", "Erf (GELU)", "Add"],
             "float_matmuls": {"selected_by": list(keep_float), "count": len(excluded)}}

@@ -304,6 +304,8 @@ class Preprocessor:
 class Session:
     """An artifact ready to run: ``run`` on model inputs, ``embed`` on raw recordings, ``stream`` live."""
 
+    selection = None  # opened from a folder: what was chosen and why (csfm_edge.runtime.tuned.Selection)
+
     def __init__(self, backend: Backend, manifest: Manifest):
         self.backend = backend
         self.manifest = manifest
@@ -322,12 +324,20 @@ class Session:
 
         ``trust`` (a PEM public key or CA certificate; default ``$CSFM_EDGE_TRUST``) opens it only if its
         signature verifies (:mod:`csfm_edge.runtime.trust`); without either, unsigned artifacts open as ever.
+        A folder of artifacts opens its ``csfm-edge tune`` choice, or a rule-based default (see runtime.tuned).
         """
         artifact = Path(artifact)
         verify_artifact(artifact, trust)
         if options is None:
             options = BackendOptions(provider=provider, reference=reference,
                                      checkpoint=Path(checkpoint) if checkpoint else None)
+        if artifact.is_dir():
+            from csfm_edge.runtime.tuned import open_folder
+
+            backend, manifest, selection = open_folder(artifact, options, trust)
+            session = cls(backend, manifest)
+            session.selection = selection
+            return session
         if is_checkpoint(artifact):
             from csfm_edge.runtime.backends.torch_ref import open_checkpoint
 
@@ -347,7 +357,8 @@ class Session:
 
     def info(self) -> dict:
         return {**self.backend.describe(), "precision": self.precision, "size": self.model.size,
-                "head_classes": self.model.head_classes, "weights": self.manifest.weights.source}
+                "head_classes": self.model.head_classes, "weights": self.manifest.weights.source,
+                **({"selection": self.selection.describe()} if self.selection else {})}
 
     def close(self) -> None:
         self.backend.close()
