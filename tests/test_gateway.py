@@ -94,6 +94,7 @@ def check_bed(got: list[GatewayResult], want: dict) -> None:
             assert cosine(r.features, features) >= MIN_COSINE, r.start_s
 
 
+@pytest.mark.slow
 def test_beds_fed_from_many_threads_get_what_embed_gives(session, records):
     """Six beds on three records (one with a flat PPG, one with NaN gaps), each fed by its own thread: every
     window equals Session.embed's, engine calls are shared, and the bad beds leave the others alone."""
@@ -184,6 +185,22 @@ def test_a_bed_that_falls_behind_skips_to_its_newest_window(session, records):
     assert len(late) > 100 and all(r.features is None for r in late)
     newest = max(got, key=lambda r: r.start_s)
     assert newest.features is not None and "late" not in newest.flags
+
+
+def test_a_window_that_waits_for_the_engine_longer_than_a_hop_is_skipped(session, records):
+    """The engine's queue is bounded too: a prepared window still waiting after one hop when its bed's next
+    window is queued gives way to it (here the engine waits 6 s to fill a batch)."""
+    signal, fs, ids = records["bedside"]
+    results = Collector()
+    with Gateway(session, results, max_batch=64, max_delay_s=6.0) as gateway:
+        gateway.add("bed", fs, ids)
+        gateway.push("bed", signal[:, : int(10 * fs)])
+        time.sleep(2.5)
+        gateway.push("bed", signal[:, int(10 * fs): int(11 * fs)])
+        results.wait("bed", 1)
+        assert results.by_bed["bed"][0].flags == ["late"] and results.by_bed["bed"][0].start_s == 0.0
+    assert [r.start_s for r in results.by_bed["bed"]] == [0.0, 1.0]
+    assert results.by_bed["bed"][1].features is not None
 
 
 def test_disconnect_drops_the_partial_window_and_starts_a_new_grid(session, records):

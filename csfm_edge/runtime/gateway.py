@@ -154,7 +154,7 @@ class _Bed:
         self.next_k = 0
 
 
-@dataclass
+@dataclass(eq=False)
 class _Entry:
     """A prepared window waiting for its engine call."""
 
@@ -165,6 +165,8 @@ class _Entry:
     flags: list[str]
     leads: list[str]
     arrived: float
+    hop_s: float
+    key: tuple[int, ...] = ()
 
 
 class Gateway:
@@ -195,6 +197,7 @@ class Gateway:
         self._beds_lock = threading.Lock()
         self._work: queue.Queue[_Bed | None] = queue.Queue()
         self._batches: dict[tuple[int, ...], deque[_Entry]] = {}
+        self._queued: dict[str, list[_Entry]] = {}  # each bed's entries in _batches, oldest first
         self._engine = threading.Condition()
         self._stopping = False
         self._error: BaseException | None = None
@@ -405,12 +408,27 @@ class Gateway:
         if not usable.size:
             self._deliver(self._unscored(found, due, origin, offset, flags + ["no_signal"]))
             return
-        entry = _Entry(found.name, offset + start, None if origin is None else origin + start,
-                       windows.data[-1][usable], flags, [names[c] for c in usable], due.arrived)
         key = tuple(int(i) for i in prepared.ids[usable])
+        entry = _Entry(found.name, offset + start, None if origin is None else origin + start,
+                       windows.data[-1][usable], flags, [names[c] for c in usable], due.arrived, found.hop_s, key)
         with self._engine:
-            self._batches.setdefault(key, deque()).append(entry)
+            stale = self._enqueue(entry)
             self._engine.notify()
+        for old in stale:
+            self._deliver(GatewayResult(old.bed, old.start_s, old.timestamp, None, None, ["late"], [],
+                                        time.perf_counter() - old.arrived, 0))
+
+    def _enqueue(self, entry: _Entry) -> list[_Entry]:
+        """Queue ``entry`` for the engine (engine lock held); the bed's queued windows that waited longer than
+        its hop are taken out and returned: the engine is behind, so the bed skips to its newest window."""
+        now = time.perf_counter()
+        queued = self._queued.setdefault(entry.bed, [])
+        stale = [e for e in queued if now - e.arrived > e.hop_s]
+        for old in stale:
+            self._batches[old.key].remove(old)
+        queued[:] = [e for e in queued if e not in stale] + [entry]
+        self._batches.setdefault(entry.key, deque()).append(entry)
+        return stale
 
     def _engine_loop(self) -> None:
         while True:
@@ -422,6 +440,8 @@ class Gateway:
                     if key is not None:
                         entries = self._batches[key]
                         batch = [entries.popleft() for _ in range(min(self.max_batch, len(entries)))]
+                        for entry in batch:
+                            self._queued[entry.bed].remove(entry)
                         break
                     self._engine.wait(wait)
             self._score(key, batch)
