@@ -546,12 +546,11 @@ def gateway(args: argparse.Namespace) -> int:
     if args.max_delay_ms < 0:
         raise CsfmError(f"--max-delay-ms must be >= 0, got {args.max_delay_ms:g}")
     lead_map = read_lead_map(args.lead_map) if args.lead_map is not None else None
-    from csfm_edge.live.ward import WardRequest, check_request, run_ward
+    from csfm_edge.live.ward import WardRequest, run_ward
 
     request = WardRequest(args.artifact, args.out, split_list(args.types), lead_map, args.hop,
                           args.max_delay_ms / 1e3, args.max_batch, args.duration, args.metrics_port,
                           args.metrics_host, args.provider, not args.no_outlets, args.workers)
-    check_request(request)
     summary = run_ward(request)
     print(f"{len(summary.beds)} beds: {summary.scored} windows scored, {summary.flagged} flagged, {summary.late} late, "
           f"{summary.disconnects} disconnections; p99 latency {summary.p99_ms():.1f} ms")

@@ -79,6 +79,8 @@ class _Stop:
 
 
 def run_ward(request: WardRequest, progress: Callable[[str], None] = console_progress) -> WardSummary:
+    """Serve the ward until ``duration_s`` or SIGINT/SIGTERM; the summary of what was scored."""
+    check_request(request)
     session = Session.open(request.artifact, provider=request.provider)
     outputs = session.manifest.outputs
     summary = WardSummary()
