@@ -521,14 +521,12 @@ def gateway_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--workers", type=int, default=2, help="preprocessing threads (default 2)")
     p.add_argument("--duration", type=float, default=None, metavar="S",
                    help="stop after S seconds (default: run until SIGINT/SIGTERM)")
-    p.add_argument("--out", type=Path, default=None,
-                   help=".parquet table of every window (run's columns, record = the bed, plus timestamp and "
+    add_output_flags(p, ".parquet table of every window (run's columns, record = the bed, plus timestamp and "
                         "latency_ms), flushed every 2 s")
-    p.add_argument("--force", action="store_true", help="replace an existing --out file")
     p.add_argument("--no-outlets", action="store_true", help="no LSL outlet per bed for the results")
     p.add_argument("--metrics-port", type=int, default=None, help="serve Prometheus metrics on this port")
     p.add_argument("--metrics-host", default="127.0.0.1", help="address for --metrics-port (0.0.0.0: every one)")
-    p.add_argument("--provider", default=None, help="ONNX Runtime provider or openvino (default: best)")
+    add_backend_flags(p)
 
 
 def gateway(args: argparse.Namespace) -> int:
@@ -543,14 +541,12 @@ def gateway(args: argparse.Namespace) -> int:
         check_output(args.out, protected=protected, force=args.force)
         if args.out.suffix.lower() != ".parquet":
             raise CsfmError(f"--out must end in .parquet, not {args.out.suffix!r}")
-    if args.max_delay_ms < 0:
-        raise CsfmError(f"--max-delay-ms must be >= 0, got {args.max_delay_ms:g}")
     lead_map = read_lead_map(args.lead_map) if args.lead_map is not None else None
     from csfm_edge.live.ward import WardRequest, run_ward
 
     request = WardRequest(args.artifact, args.out, split_list(args.types), lead_map, args.hop,
                           args.max_delay_ms / 1e3, args.max_batch, args.duration, args.metrics_port,
-                          args.metrics_host, args.provider, not args.no_outlets, args.workers)
+                          args.metrics_host, backend_options(args), not args.no_outlets, args.workers)
     summary = run_ward(request)
     print(f"{len(summary.beds)} beds: {summary.scored} windows scored, {summary.flagged} flagged, {summary.late} late, "
           f"{summary.disconnects} disconnections; p99 latency {summary.p99_ms():.1f} ms")

@@ -23,6 +23,7 @@ from csfm_edge.live.metrics import WardMetrics
 from csfm_edge.live.outlets import BedOutlets
 from csfm_edge.live.table import WardTable
 from csfm_edge.progress import console_progress
+from csfm_edge.runtime.backends import BackendOptions
 from csfm_edge.runtime.gateway import Gateway, GatewayResult
 from csfm_edge.runtime.session import Session
 
@@ -41,7 +42,7 @@ class WardRequest:
     duration_s: float | None = None  # None: until SIGINT/SIGTERM
     metrics_port: int | None = None
     metrics_host: str = "127.0.0.1"
-    provider: str | None = None
+    options: BackendOptions | None = None  # how the artifact runs (provider, threads, device)
     outlets: bool = True
     workers: int = 2
     flush_s: float = FLUSH_S
@@ -81,7 +82,7 @@ class _Stop:
 def run_ward(request: WardRequest, progress: Callable[[str], None] = console_progress) -> WardSummary:
     """Serve the ward until ``duration_s`` or SIGINT/SIGTERM; the summary of what was scored."""
     check_request(request)
-    session = Session.open(request.artifact, provider=request.provider)
+    session = Session.open(request.artifact, request.options)
     outputs = session.manifest.outputs
     summary = WardSummary()
     beds: dict[str, BedInfo] = {}
@@ -165,5 +166,11 @@ def check_request(request: WardRequest) -> None:
     """Refuse bad settings before any stream is opened."""
     if request.duration_s is not None and not request.duration_s > 0:
         raise CsfmError(f"--duration must be > 0 s, got {request.duration_s:g}")
+    if not request.hop_s > 0:
+        raise CsfmError(f"--hop must be > 0 s, got {request.hop_s:g}")
+    if not 0 <= request.max_delay_s < 60:
+        raise CsfmError(f"--max-delay-ms must be 0 to 60000, got {request.max_delay_s * 1e3:g}")
+    if request.max_batch < 1 or request.workers < 1:
+        raise CsfmError(f"--max-batch and --workers must be at least 1, got {request.max_batch} and {request.workers}")
     if request.metrics_port is not None and not 0 < request.metrics_port < 65536:
         raise CsfmError(f"--metrics-port must be 1 to 65535, got {request.metrics_port}")
