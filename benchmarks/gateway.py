@@ -70,7 +70,7 @@ class Replay:
 
 
 def run_gateway(session: Session, replay: Replay, ids, hop_s: float, seconds: float, max_batch: int,
-                max_delay_s: float, workers: int) -> dict:
+                max_delay_s: float, workers: int, engines: int) -> dict:
     latencies, batches, engine_s, late = [], [], [], [0]
     lock = threading.Lock()
 
@@ -85,7 +85,8 @@ def run_gateway(session: Session, replay: Replay, ids, hop_s: float, seconds: fl
 
     beds = len(replay.offsets)
     gateway = Gateway(session, on_result, hop_s=hop_s, max_batch=max_batch, max_delay_s=max_delay_s,
-                      workers=workers, on_batch=lambda size, s: (batches.append(size), engine_s.append(s)))
+                      workers=workers, engines=engines,
+                      on_batch=lambda size, s: (batches.append(size), engine_s.append(s)))
     for b in range(beds):
         gateway.add(str(b), replay.fs, ids)
     replay.start = time.perf_counter()
@@ -148,6 +149,7 @@ def main() -> None:
     parser.add_argument("--max-batch", type=int, default=64)
     parser.add_argument("--max-delay-ms", type=float, default=50.0)
     parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--engines", type=int, default=1, help="gateway engine threads")
     args = parser.parse_args()
     session = Session.open(args.artifact, provider=args.provider)
     info = session.info()
@@ -166,7 +168,7 @@ def main() -> None:
                 replay = Replay(signal, fs, beds, hop_s)
                 if path == "gateway":
                     r = run_gateway(session, replay, ids, hop_s, args.seconds, args.max_batch,
-                                    args.max_delay_ms / 1e3, args.workers)
+                                    args.max_delay_ms / 1e3, args.workers, args.engines)
                 else:
                     r = run_streams(session, replay, ids, hop_s, args.seconds)
                 print(f"{beds:5d} {path:8} {r['windows_per_s']:8.1f} {r['mean_batch']:6.1f} {r['p50_ms']:8.1f} "

@@ -519,6 +519,8 @@ def gateway_flags(p: argparse.ArgumentParser) -> None:
                    help="longest a due window waits for others to fill its engine call (default 50)")
     p.add_argument("--max-batch", type=int, default=32, help="windows per engine call at most (default 32)")
     p.add_argument("--workers", type=int, default=2, help="preprocessing threads (default 2)")
+    p.add_argument("--engines", type=int, default=1,
+                   help="engine threads (default 1; 2 can help on a CPU, where batching gains little)")
     p.add_argument("--duration", type=float, default=None, metavar="S",
                    help="stop after S seconds (default: run until SIGINT/SIGTERM)")
     add_output_flags(p, ".parquet table of every window (run's columns, record = the bed, plus timestamp and "
@@ -546,7 +548,7 @@ def gateway(args: argparse.Namespace) -> int:
 
     request = WardRequest(args.artifact, args.out, split_list(args.types), lead_map, args.hop,
                           args.max_delay_ms / 1e3, args.max_batch, args.duration, args.metrics_port,
-                          args.metrics_host, backend_options(args), not args.no_outlets, args.workers)
+                          args.metrics_host, backend_options(args), not args.no_outlets, args.workers, args.engines)
     summary = run_ward(request)
     print(f"{len(summary.beds)} beds: {summary.scored} windows scored, {summary.flagged} flagged, {summary.late} late, "
           f"{summary.disconnects} disconnections; p99 latency {summary.p99_ms():.1f} ms")

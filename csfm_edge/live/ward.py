@@ -45,6 +45,7 @@ class WardRequest:
     options: BackendOptions | None = None  # how the artifact runs (provider, threads, device)
     outlets: bool = True
     workers: int = 2
+    engines: int = 1
     flush_s: float = FLUSH_S
 
 
@@ -127,7 +128,7 @@ def run_ward(request: WardRequest, progress: Callable[[str], None] = console_pro
         metrics.serve(request.metrics_port, request.metrics_host)
         progress(f"metrics on http://{request.metrics_host}:{request.metrics_port}/metrics")
     gateway = Gateway(session, on_result, hop_s=request.hop_s, max_batch=request.max_batch,
-                      max_delay_s=request.max_delay_s, workers=request.workers,
+                      max_delay_s=request.max_delay_s, workers=request.workers, engines=request.engines,
                       on_batch=(lambda size, seconds: metrics.batch_scored(size)) if metrics else None)
     source = LslBeds(gateway, types=request.types, lead_map=request.lead_map, on_bed=on_bed,
                      on_lost=lambda bed, stream: progress(f"bed {bed}: lost {stream} (disconnected)"),
@@ -170,7 +171,8 @@ def check_request(request: WardRequest) -> None:
         raise CsfmError(f"--hop must be > 0 s, got {request.hop_s:g}")
     if not 0 <= request.max_delay_s < 60:
         raise CsfmError(f"--max-delay-ms must be 0 to 60000, got {request.max_delay_s * 1e3:g}")
-    if request.max_batch < 1 or request.workers < 1:
-        raise CsfmError(f"--max-batch and --workers must be at least 1, got {request.max_batch} and {request.workers}")
+    if min(request.max_batch, request.workers, request.engines) < 1:
+        raise CsfmError(f"--max-batch, --workers and --engines must be at least 1, got {request.max_batch}, "
+                        f"{request.workers} and {request.engines}")
     if request.metrics_port is not None and not 0 < request.metrics_port < 65536:
         raise CsfmError(f"--metrics-port must be 1 to 65535, got {request.metrics_port}")

@@ -175,12 +175,14 @@ class Gateway:
     ``on_result`` receives every :class:`GatewayResult` (scored, flagged or late), from the gateway's
     worker threads (and ``disconnect``'s caller): it must be quick and thread-safe. ``max_batch``
     windows of one lead set make a full call; a call also goes when its oldest window has waited
-    ``max_delay_s``. ``workers`` threads preprocess (NumPy/SciPy release the GIL); one runs the engine.
+    ``max_delay_s``. ``workers`` threads preprocess (NumPy/SciPy release the GIL); ``engines`` threads run
+    engine calls (more than one overlaps calls: on a CPU, where a batch costs about its windows' sum, two
+    calls in flight use the cores better than one large one; on a GPU one engine thread batches best).
     """
 
     def __init__(self, session: Session, on_result: Callable[[GatewayResult], None], *, hop_s: float = 1.0,
                  max_batch: int = 32, max_delay_s: float = 0.05, context_s: float = 0.0, workers: int = 2,
-                 max_gap_s: float = 0.1, on_batch: Callable[[int, float], None] | None = None):
+                 max_gap_s: float = 0.1, on_batch: Callable[[int, float], None] | None = None, engines: int = 1):
         self.session = session
         self.on_result = on_result
         self.on_batch = on_batch  # told the size and seconds of every engine call
@@ -204,8 +206,9 @@ class Gateway:
         self._threads = [threading.Thread(target=self._guard, args=(self._prepare_loop,), daemon=True,
                                           name=f"csfm-gateway-prep{i}")
                          for i in range(int(check_positive("workers", workers, integer=True)))]
-        self._threads.append(threading.Thread(target=self._guard, args=(self._engine_loop,), daemon=True,
-                                              name="csfm-gateway-engine"))
+        self._threads += [threading.Thread(target=self._guard, args=(self._engine_loop,), daemon=True,
+                                           name=f"csfm-gateway-engine{i}")
+                          for i in range(int(check_positive("engines", engines, integer=True)))]
         for thread in self._threads:
             thread.start()
 
