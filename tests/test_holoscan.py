@@ -44,7 +44,7 @@ def test_holoscan_app_replays_beds_through_the_gateway_operator(tiny_artifacts, 
         np.savez(clipped[-1], **fields)
     out = tmp_path / "results.npz"
     run = subprocess.run([str(PYTHON), str(ROOT / "scripts" / "holoscan_replay.py"), str(artifact), *map(str, clipped),
-                          "--speed", "2", "--provider", "cpu", "--out", str(out)], capture_output=True, text=True,
+                          "--speed", "1", "--provider", "cpu", "--out", str(out)], capture_output=True, text=True,
                          env=holoscan_env(), timeout=600)
     assert run.returncode == 0, run.stderr[-3000:]
     got = np.load(out)
@@ -54,7 +54,11 @@ def test_holoscan_app_replays_beds_through_the_gateway_operator(tiny_artifacts, 
         want = session.embed(recording.signal, recording.fs, recording.leads, hop_s=1.0)
         mine = got["bed"] == path.stem
         assert sorted(got["start_s"][mine]) == [float(s) for s in want.start_s]
+        late = [json.loads(str(f)) == ["late"] for f in got["flags"][mine]]
+        assert sum(late) <= 2, "a machine this loaded skips windows (flagged late, as it must)"
         for start, flags, features in zip(got["start_s"][mine], got["flags"][mine], got["features"][mine]):
+            if json.loads(str(flags)) == ["late"]:
+                continue
             w = int(np.flatnonzero(want.start_s == start)[0])
             assert json.loads(str(flags)) == [d.flag for d in want.dropped] + want.flags[w]
             assert cosine(features, want.features[w]) >= MIN_COSINE
