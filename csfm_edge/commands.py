@@ -551,7 +551,7 @@ def gateway(args: argparse.Namespace) -> int:
                           args.metrics_host, backend_options(args), not args.no_outlets, args.workers, args.engines)
     summary = run_ward(request)
     print(f"{len(summary.beds)} beds: {summary.scored} windows scored, {summary.flagged} flagged, {summary.late} late, "
-          f"{summary.disconnects} disconnections; p99 latency {summary.p99_ms():.1f} ms")
+          f"{summary.disconnects} disconnections; p99 latency {summary.p99_text()}")
     if args.out is not None:
         print(f"wrote {args.out}")
     return 0

@@ -58,8 +58,8 @@ class WardSummary:
     disconnects: int = 0
     latencies: list[float] = field(default_factory=list)
 
-    def p99_ms(self) -> float:
-        return float(np.percentile(self.latencies, 99) * 1e3) if self.latencies else float("nan")
+    def p99_text(self) -> str:
+        return f"{np.percentile(self.latencies, 99) * 1e3:.1f} ms" if self.latencies else "-"
 
 
 class _Stop:
@@ -87,14 +87,20 @@ def run_ward(request: WardRequest, progress: Callable[[str], None] = console_pro
     outputs = session.manifest.outputs
     summary = WardSummary()
     beds: dict[str, BedInfo] = {}
+    lock = threading.Lock()
+    gateway: Gateway | None = None
+    metrics = None
+    if request.metrics_port is not None:  # first: a port in use stops the run before anything is written
+        metrics = WardMetrics(lambda: gateway.queue_depth() if gateway else 0,
+                              lambda: len(gateway.beds()) if gateway else 0)
+        metrics.serve(request.metrics_port, request.metrics_host)
+        progress(f"metrics on http://{request.metrics_host}:{request.metrics_port}/metrics")
     table = None
     if request.out is not None:
         table = WardTable(request.out, outputs, sha256_of(request.artifact),
                           {**session.info(), "artifact": str(request.artifact), "hop_s": request.hop_s,
                            "source": "lsl", "types": list(request.types)})
     outlets = BedOutlets(outputs) if request.outlets else None
-    lock = threading.Lock()
-    gateway: Gateway | None = None
 
     def on_result(result: GatewayResult) -> None:
         with lock:
@@ -121,12 +127,6 @@ def run_ward(request: WardRequest, progress: Callable[[str], None] = console_pro
             beds[info.bed] = info
         progress(f"bed {info.bed}: {', '.join(info.leads)} at {', '.join(f'{r:g}' for r in info.fs)} Hz")
 
-    metrics = None
-    if request.metrics_port is not None:
-        metrics = WardMetrics(lambda: gateway.queue_depth() if gateway else 0,
-                              lambda: len(gateway.beds()) if gateway else 0)
-        metrics.serve(request.metrics_port, request.metrics_host)
-        progress(f"metrics on http://{request.metrics_host}:{request.metrics_port}/metrics")
     gateway = Gateway(session, on_result, hop_s=request.hop_s, max_batch=request.max_batch,
                       max_delay_s=request.max_delay_s, workers=request.workers, engines=request.engines,
                       on_batch=(lambda size, seconds: metrics.batch_scored(size)) if metrics else None)
@@ -159,7 +159,7 @@ def run_ward(request: WardRequest, progress: Callable[[str], None] = console_pro
                 outlets.close()
             session.close()
     if not summary.beds and request.duration_s is not None:
-        progress("no bed was seen: no LSL stream of those types carried a CSFM lead")
+        progress(f"no bed was seen: no LSL stream of type {', '.join(request.types)} with a CSFM lead was found")
     return summary
 
 
