@@ -83,6 +83,11 @@ class _Lead:
             self.ring[: n - first] = block[first:]
         self.total += n
 
+    def skip(self, n: int) -> None:
+        """``n`` missing samples, more than the ring holds: the ring becomes NaN without allocating them all."""
+        self.ring[:] = np.nan
+        self.total += n
+
     def read(self, lo: int, hi: int) -> np.ndarray | None:
         """Samples [lo, hi) (absolute indices), or None where some already left the ring."""
         if lo < self.total - self.capacity or hi > self.total:
@@ -312,6 +317,10 @@ class Gateway:
         if not keep.any():
             return block[:, :0]
         index, block = index[keep], block[:, keep]
+        silence = int(index[0]) - lead.total
+        if silence > lead.capacity:  # longer than the ring: skipped, never allocated (its windows come out late)
+            for r in rows:
+                found.leads[r].skip(silence)
         placed = np.full((block.shape[0], int(index[-1]) - lead.total + 1), np.nan)
         placed[:, index - lead.total] = block
         return placed
