@@ -21,7 +21,7 @@ from csfm_edge.errors import CsfmError
 EXTRAS = {"torch": "export", "onnx": "export", "matplotlib": "plot", "wfdb": "wfdb", "openvino": "openvino",
           "neurokit2": "dev", "cuda": "tensorrt", "pyarrow": "table", "pyedflib": "edf",
           "model_signing": "sign", "OpenSSL": "sign",
-          "ray": "ray"}
+          "ray": "ray", "pylsl": "live", "prometheus_client": "live"}
 # Base dependencies a broken or partial install can lack: the command that restores each.
 BASE = {"onnxruntime": "pip install onnxruntime (onnxruntime-gpu on NVIDIA machines)",
         "numpy": "pip install csfm-edge", "scipy": "pip install csfm-edge", "tqdm": "pip install csfm-edge"}
@@ -57,6 +57,8 @@ COMMANDS = (
             c.serve_flags, c.serve),
     Command("doctor", "what this machine has (driver, CUDA, TensorRT, GPU) and whether csfm-edge works on it",
             c.doctor_flags, c.doctor),
+    Command("gateway", "serve a ward: many beds' live ECG/PPG (Lab Streaming Layer) scored in shared engine calls",
+            c.gateway_flags, c.gateway),
 )
 
 

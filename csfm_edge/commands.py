@@ -570,3 +570,53 @@ def doctor(args: argparse.Namespace) -> int:
         write_atomically(args.json, (json.dumps(report.to_dict(), indent=1, default=str) + "\n").encode())
         print(f"wrote {args.json}")
     return 1 if report.failed else 0
+
+
+def gateway_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("artifact", type=Path, help=".onnx or .plan with its manifest")
+    p.add_argument("--lsl", action="store_true", help="take the beds from Lab Streaming Layer streams (one bed per "
+                                                      "source_id)")
+    p.add_argument("--types", default="ECG,PPG", help="LSL stream types to serve, comma-separated (default ECG,PPG)")
+    p.add_argument("--lead-map", type=Path, default=None,
+                   help="JSON {label: lead} or CSV 'label,lead' lines for channel labels csfm-edge does not know")
+    p.add_argument("--hop", type=float, default=1.0, help="seconds between a bed's windows (default 1)")
+    p.add_argument("--max-delay-ms", type=float, default=50.0,
+                   help="longest a due window waits for others to fill its engine call (default 50)")
+    p.add_argument("--max-batch", type=int, default=32, help="windows per engine call at most (default 32)")
+    p.add_argument("--workers", type=int, default=2, help="preprocessing threads (default 2)")
+    p.add_argument("--engines", type=int, default=1,
+                   help="engine threads (default 1; 2 can help on a CPU, where batching gains little)")
+    p.add_argument("--duration", type=float, default=None, metavar="S",
+                   help="stop after S seconds (default: run until SIGINT/SIGTERM)")
+    add_output_flags(p, ".parquet table of every window (run's columns, record = the bed, plus timestamp and "
+                        "latency_ms), flushed every 2 s")
+    p.add_argument("--no-outlets", action="store_true", help="no LSL outlet per bed for the results")
+    p.add_argument("--metrics-port", type=int, default=None, help="serve Prometheus metrics on this port")
+    p.add_argument("--metrics-host", default="127.0.0.1", help="address for --metrics-port (0.0.0.0: every one)")
+    add_backend_flags(p)
+
+
+def gateway(args: argparse.Namespace) -> int:
+    from csfm_edge.fileio import check_output
+    from csfm_edge.recordings.readers import read_lead_map
+    from csfm_edge.runtime.manifest import manifest_path
+
+    if not args.lsl:
+        raise CsfmError("name the source of the beds: --lsl (Lab Streaming Layer)")
+    if args.out is not None:
+        protected = [args.artifact, manifest_path(args.artifact)] + ([args.lead_map] if args.lead_map else [])
+        check_output(args.out, protected=protected, force=args.force)
+        if args.out.suffix.lower() != ".parquet":
+            raise CsfmError(f"--out must end in .parquet, not {args.out.suffix!r}")
+    lead_map = read_lead_map(args.lead_map) if args.lead_map is not None else None
+    from csfm_edge.live.ward import WardRequest, run_ward
+
+    request = WardRequest(args.artifact, args.out, split_list(args.types), lead_map, args.hop,
+                          args.max_delay_ms / 1e3, args.max_batch, args.duration, args.metrics_port,
+                          args.metrics_host, backend_options(args), not args.no_outlets, args.workers, args.engines)
+    summary = run_ward(request)
+    print(f"{len(summary.beds)} beds: {summary.scored} windows scored, {summary.flagged} flagged, {summary.late} late, "
+          f"{summary.disconnects} disconnections; p99 latency {summary.p99_text()}")
+    if args.out is not None:
+        print(f"wrote {args.out}")
+    return 0

@@ -43,9 +43,20 @@ CASES = [  # (argv with {d} for the folder, what stderr must say)
     (["serve"], "ARTIFACT or --repository"),
     (["serve", "--repository", "{d}/missing"], "missing"),
     (["doctor", "{d}/garbage.onnx", "--data", "{d}/missing"], "missing"),
+    (["tune", "{d}/missing"], "missing"),
+    (["tune", "{d}/garbage.onnx", "--batch", "0"], "batch"),
+    (["tune", "{d}/garbage.onnx", "--rounds", "0"], "rounds"),
     (["sign", "{d}/garbage.onnx", "--key", "{d}/missing.pem"], "garbage.onnx"),
     (["sign", "{d}/nothing.onnx", "--key", "{d}/missing.pem"], "nothing.onnx"),
     (["info", "{d}/garbage.onnx", "--trust", "{d}/missing.pem"], "missing.pem"),
+    (["gateway", "{d}/garbage.onnx"], "--lsl"),
+    (["gateway", "{d}/garbage.onnx", "--lsl", "--out", "{d}/ward.csv"], ".parquet"),
+    (["gateway", "{d}/garbage.onnx", "--lsl", "--out", "{d}/results.json"], "exists"),
+    (["gateway", "{d}/garbage.onnx", "--lsl", "--hop", "0"], "--hop"),
+    (["gateway", "{d}/garbage.onnx", "--lsl", "--max-batch", "0"], "--max-batch"),
+    (["gateway", "{d}/garbage.onnx", "--lsl", "--duration", "-1"], "--duration"),
+    (["gateway", "{d}/garbage.onnx", "--lsl", "--lead-map", "{d}/missing.json"], "missing.json"),
+    (["gateway", "{d}/garbage.onnx", "--lsl", "--duration", "1"], "garbage.onnx"),
 ]
 
 

@@ -23,7 +23,7 @@ LAYERS = [
     ("runtime",),
     ("recordings",),
     ("export",),
-    ("bench", "serving", "doctor", "gpucheck"),
+    ("bench", "serving", "doctor", "gpucheck", "live"),
     ("commands",),
     ("cli", "__main__"),
 ]

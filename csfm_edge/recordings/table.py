@@ -18,10 +18,11 @@ from csfm_edge.runtime.manifest import TensorInfo
 from csfm_edge.runtime.session import EmbedResult
 
 
-def table_schema(outputs: Mapping[str, TensorInfo]) -> pa.Schema:
+def table_schema(outputs: Mapping[str, TensorInfo], extra: tuple[tuple[str, pa.DataType], ...] = ()) -> pa.Schema:
+    """The table's columns; ``extra`` ones (e.g. the live gateway's latency) go before the outputs."""
     fields = [("record", pa.string()), ("record_sha256", pa.string()), ("start_s", pa.float64()),
               ("leads", pa.string()), ("dropped", pa.string()), ("flags", pa.string()), ("fs_hz", pa.string()),
-              ("lead_mapping", pa.string()), ("artifact_sha256", pa.string()), ("csfm_edge", pa.string())]
+              ("lead_mapping", pa.string()), ("artifact_sha256", pa.string()), ("csfm_edge", pa.string()), *extra]
     fields += [(name, pa.list_(pa.float32(), tensor.width)) for name, tensor in outputs.items()]
     return pa.schema(fields)
 
@@ -47,9 +48,10 @@ def record_table(path: str, digest: str, recording: Recording, result: EmbedResu
     return pa.table([columns[f.name] for f in schema], schema=schema)
 
 
-def join_parts(parts: list[Path], out: Path, metadata: dict, outputs: Mapping[str, TensorInfo]) -> None:
+def join_parts(parts: list[Path], out: Path, metadata: dict, outputs: Mapping[str, TensorInfo],
+               extra: tuple[tuple[str, pa.DataType], ...] = ()) -> None:
     """Stream the part files into one table at ``out`` (temporary name, then rename), with ``metadata``."""
-    schema = table_schema(outputs).with_metadata({"csfm_edge": json.dumps(metadata, default=str)})
+    schema = table_schema(outputs, extra).with_metadata({"csfm_edge": json.dumps(metadata, default=str)})
     tmp = out.with_name(f".{out.name}.tmp{os.getpid()}")
     try:
         with pq.ParquetWriter(tmp, schema) as writer:

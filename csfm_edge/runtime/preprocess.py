@@ -432,6 +432,7 @@ def sliding_windows(
     max_gap_s: float = 0.1,
     long_gaps: str = "raise",
     offsets: Sequence[int] | None = None,
+    filled: np.ndarray | None = None,
 ) -> Windows:
     """A whole record -> z-scored windows every ``hop_s`` seconds, each with its flags.
 
@@ -439,11 +440,12 @@ def sliding_windows(
     the record's end, so no tail is lost); a record shorter than 10 s gives one zero-padded window.
     Flat channels are reported in ``flat`` rather than raised, so a caller scoring many windows can
     flag them; ``long_gaps="flag"`` does the same for NaN runs beyond ``max_gap_s``. ``offsets``
-    (250-Hz samples) cuts those windows instead of every ``hop_s`` (a segment of a long record).
+    (250-Hz samples) cuts those windows instead of every ``hop_s`` (a segment of a long record). ``filled``
+    (bool, as ``signal``) marks samples a caller already interpolated over gaps: gaps, not a lead off.
     """
     check_positive("hop_s", hop_s)
     x, fs, ids, names = validate(signal, fs, leads)
-    filled = ~np.isfinite(x)
+    filled = ~np.isfinite(x) if filled is None else np.asarray(filled, bool) | ~np.isfinite(x)
     fills = fill_gaps(x, fs, names, max_gap_s, long_gaps)
     filtered = filter_record(to_model_rate(x, fs), ids, ppg_order)
     if offsets is None:

@@ -281,8 +281,12 @@ class Preprocessor:
         if multi_rate:
             aligned, fills = align_rates([rows[k] for k in keep], [list(fs)[k] for k in keep], names, max_gap_s,
                                          long_gaps="flag")
+            filled = np.zeros(aligned.shape, bool)  # interpolated samples are gaps, never "unchanged for 1 s"
+            for fill in fills:
+                filled[names.index(fill.channel), int(fill.start_s * SAMPLE_RATE_HZ):
+                       int(np.ceil((fill.start_s + fill.length_s) * SAMPLE_RATE_HZ))] = True
             windows = sliding_windows(aligned, SAMPLE_RATE_HZ, ids, hop_s=hop_s, ppg_order=self.ppg_order,
-                                      offsets=offsets)
+                                      offsets=offsets, filled=filled)
             windows = replace(windows, fills=tuple(fills))
         else:
             windows = sliding_windows(rows[keep], fs, ids, hop_s=hop_s, ppg_order=self.ppg_order,
