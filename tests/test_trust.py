@@ -22,7 +22,13 @@ from csfm_edge.cli import main  # noqa: E402
 from csfm_edge.errors import TrustError  # noqa: E402
 from csfm_edge.recordings.sample import sample_ecg  # noqa: E402
 from csfm_edge.runtime.session import Session  # noqa: E402
-from csfm_edge.runtime.trust import TRUST_ENV, SigningKey, sign_artifacts, signature_path  # noqa: E402
+from csfm_edge.runtime.trust import (  # noqa: E402
+    TRUST_ENV,
+    SigningKey,
+    sign_artifacts,
+    signature_path,
+    signing_config,
+)
 
 
 def _write_key(folder: Path, name: str) -> tuple[Path, Path, ec.EllipticCurvePrivateKey]:
@@ -281,3 +287,26 @@ def test_python_backend_model_checks_the_signature_at_load(signed, keys, tmp_pat
         finally:
             if server.poll() is None:
                 os.killpg(server.pid, signal.SIGKILL)
+
+
+def test_rsa_keys_are_refused_in_one_line(tmp_path, capsys):
+    """An RSA key pair (openssl genrsa), the most common key a user has at hand: model-signing 1.1 fails on it
+    with an AttributeError; signing, exporting and --trust each say it is not an EC key, before any work."""
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    private, public = tmp_path / "rsa.pem", tmp_path / "rsa.pub.pem"
+    private.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.TraditionalOpenSSL,
+                                          serialization.NoEncryption()))
+    public.write_bytes(key.public_key().public_bytes(serialization.Encoding.PEM,
+                                                     serialization.PublicFormat.SubjectPublicKeyInfo))
+    with pytest.raises(TrustError, match="rsa.pem cannot sign: not an elliptic-curve key"):
+        signing_config(SigningKey(private))
+    err = _refused(["export", "--size", "tiny", "--precision", "fp32", "--out", str(tmp_path / "out"),
+                    "--sign-key", str(private)], capsys)
+    assert "not an elliptic-curve key" in err and not list((tmp_path / "out").glob("*.onnx"))
+    artifact = tmp_path / "model.onnx"  # the anchor is read before the artifact: no export needed
+    artifact.write_bytes(b"\x08\x07not a model")
+    signature_path(artifact).write_text("{}")
+    err = _refused(["info", str(artifact), "--trust", str(public)], capsys)
+    assert "is not a PEM EC public key or CA certificate (not an elliptic-curve key)" in err

@@ -86,8 +86,9 @@ def signing_config(key: SigningKey, files: Sequence[Path] = ()):
         # model-signing 1.1 cannot load an empty chain: a certificate issued by the CA itself repeats itself there
         return config.use_certificate_signer(private_key=key.key, signing_certificate=key.certificate,
                                              certificate_chain=list(key.chain) or [key.certificate])
-    except (ValueError, TypeError) as exc:  # not a PEM key, an encrypted one without password, an RSA key ...
-        raise TrustError(f"{key.key} cannot sign: {_first_line(exc)} (an EC P-256/384/521 private key in PEM, e.g. "
+    # not a PEM key, an encrypted one without password; an RSA key: model-signing 1.1 asks it for an EC curve
+    except (ValueError, TypeError, AttributeError) as exc:
+        raise TrustError(f"{key.key} cannot sign: {_key_problem(exc)} (an EC P-256/384/521 private key in PEM, e.g. "
                          "openssl ecparam -name prime256v1 -genkey -noout -out key.pem)") from None
 
 
@@ -166,9 +167,9 @@ def _verifier(anchor: Path):
         if b"BEGIN CERTIFICATE" in text:
             return verifying.Config().use_certificate_verifier(certificate_chain=[anchor])
         return verifying.Config().use_elliptic_key_verifier(public_key=anchor)
-    except (ValueError, TypeError) as exc:
+    except (ValueError, TypeError, AttributeError) as exc:  # AttributeError: an RSA key (no EC curve)
         raise TrustError(f"--trust {anchor} is not a PEM EC public key or CA certificate "
-                         f"({_first_line(exc)})") from None
+                         f"({_key_problem(exc)})") from None
 
 
 def _refusal(artifact: Path, files: Sequence[Path], signature: Path, anchor: Path, exc: Exception) -> str:
@@ -196,6 +197,11 @@ def _check_readable(path: Path, what: str) -> None:
             pass
     except OSError as exc:
         raise TrustError(f"{what} {path} cannot be read ({exc.strerror or exc})") from None
+
+
+def _key_problem(exc: Exception) -> str:
+    """Why a key did not load; model-signing 1.1 fails on a key of another type (RSA ...) asking for its curve."""
+    return "not an elliptic-curve key" if isinstance(exc, AttributeError) else _first_line(exc)
 
 
 def _first_line(exc: BaseException) -> str:
