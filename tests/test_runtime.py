@@ -12,8 +12,18 @@ import pytest
 from conftest import load_record
 from scipy import signal as sps
 
-from csfm_edge.errors import ArtifactError, CsfmError, LeadError, ShapeError, SignalWarning, WindowLengthError
+from csfm_edge.errors import (
+    ArtifactError,
+    BackendUnavailableError,
+    CsfmError,
+    LeadError,
+    ParameterError,
+    ShapeError,
+    SignalWarning,
+    WindowLengthError,
+)
 from csfm_edge.runtime import Session
+from csfm_edge.runtime.backends import BackendOptions
 from csfm_edge.runtime.manifest import Manifest, read_manifest, write_manifest
 from csfm_edge.runtime.session import StreamLagWarning
 
@@ -141,6 +151,36 @@ def test_manifest_problems_are_refused(tiny_artifacts, tmp_path):
     with pytest.raises(ArtifactError, match="manifest claims CSFM large with width 1024"):
         lying = Manifest.from_dict(manifest)
         Session(open_backend(tiny_artifacts["fp32"], lying, BackendOptions(provider="cpu")), lying)
+
+
+def test_bad_backend_options_are_refused_when_made(tmp_path):
+    """Options as a Python user mistypes them: each a CsfmError naming the field, before any file is read."""
+    for kwargs, says in [({"threads": 0}, "threads"), ({"threads": "2"}, "threads"), ({"device_id": None}, "device_id"),
+                         ({"device_id": -1}, "device_id"), ({"cuda_graph": "no"}, "cuda_graph must be True or False"),
+                         ({"reference": "yes"}, "reference must be True or False"), ({"checkpoint": 5}, "checkpoint"),
+                         ({"provider": "tpu"}, "tpu"), ({"autocast": "fp32"}, "autocast")]:
+        with pytest.raises(CsfmError, match=says):
+            BackendOptions(**kwargs)
+    with pytest.raises(ParameterError, match="options must be a BackendOptions, got 'cpu'"):
+        Session.open(tmp_path / "model.onnx", "cpu")  # the provider where options go
+    with pytest.raises(ParameterError, match="not both"):
+        Session.open(tmp_path / "model.onnx", BackendOptions(provider="cpu"), provider="openvino")
+
+
+def test_options_a_backend_lacks_are_refused_not_ignored(tiny_artifacts):
+    """A GPU number, CUDA graphs, autocast or OpenVINO's precision asked of a backend without them."""
+    artifact = tiny_artifacts["int8"]
+    for options, says in [(BackendOptions(provider="cpu", device_id=1), "device_id 1 .* computes on the CPU"),
+                          (BackendOptions(provider="cpu", cuda_graph=True), "cuda_graph .* is not one"),
+                          (BackendOptions(provider="cpu", autocast="bf16"), "autocast applies to the PyTorch"),
+                          (BackendOptions(provider="cpu", inference_precision="f16"), "applies to OpenVINO"),
+                          (BackendOptions(reference=True, device_id=1), "PyTorch reference computes on the CPU"),
+                          (BackendOptions(reference=True, cuda_graph=True), "PyTorch reference is not one")]:
+        with pytest.raises(BackendUnavailableError, match=says):
+            Session.open(artifact, options)
+    pytest.importorskip("openvino")
+    with Session.open(artifact, BackendOptions(provider="openvino", threads=1, inference_precision="f32")) as session:
+        assert session.info()["provider"] == "CPU (f32)"
 
 
 def test_stream_matches_offline_windows_and_keeps_up(session, bedside):

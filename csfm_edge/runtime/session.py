@@ -332,6 +332,12 @@ class Session:
         """
         artifact = Path(artifact)
         verify_artifact(artifact, trust)
+        if options is not None and not isinstance(options, BackendOptions):
+            raise ParameterError(f"options must be a BackendOptions, got {options!r} (a provider alone: "
+                                 "provider='cpu')")
+        if options is not None and (provider is not None or reference or checkpoint is not None):
+            raise ParameterError("give provider, reference and checkpoint inside options, or without options: "
+                                 "not both")
         if options is None:
             options = BackendOptions(provider=provider, reference=reference,
                                      checkpoint=Path(checkpoint) if checkpoint else None)

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from csfm_edge.errors import ArtifactError, BackendUnavailableError
 from csfm_edge.runtime.backends.base import Backend
-from csfm_edge.runtime.backends.options import PROVIDERS, BackendOptions
+from csfm_edge.runtime.backends.options import PROVIDERS, BackendOptions, option_problem
 from csfm_edge.runtime.manifest import Manifest
 
 CHECKPOINT_SUFFIXES = (".pt", ".pth", ".ckpt", ".bin")
@@ -44,9 +44,14 @@ def open_backend(artifact: Path, manifest: Manifest, options: BackendOptions | N
         from csfm_edge.runtime.backends.openvino import OpenVINOBackend, openvino_available
 
         provider = options.provider
-        if provider is None and choose_providers()[0] == "CPUExecutionProvider" \
-                and manifest.precision_record.portable and openvino_available():
+        on_cpu = provider in ("cpu", "openvino") or (provider is None
+                                                      and choose_providers()[0] == "CPUExecutionProvider")
+        if provider is None and on_cpu and manifest.precision_record.portable and openvino_available():
             provider = "openvino"
+        problem = option_problem(options, f"{artifact.name} on {provider or 'cpu'}", on_gpu=not on_cpu,
+                                 kind="openvino" if provider == "openvino" else "onnxruntime")
+        if problem is not None:
+            raise BackendUnavailableError(problem)
         if provider == "openvino":
             return OpenVINOBackend(artifact, manifest, options)
         return OnnxRuntimeBackend(artifact, manifest, options.with_provider(provider))
@@ -54,6 +59,9 @@ def open_backend(artifact: Path, manifest: Manifest, options: BackendOptions | N
         if options.provider not in (None, "tensorrt", "cuda"):
             raise BackendUnavailableError(f"{artifact.name} is a TensorRT engine: it runs on TensorRT only, "
                                           f"not on provider {options.provider!r}")
+        problem = option_problem(options, f"{artifact.name} on TensorRT", on_gpu=True, kind="tensorrt")
+        if problem is not None:
+            raise BackendUnavailableError(problem)
         from csfm_edge.runtime.backends.tensorrt import TensorRTBackend
 
         return TensorRTBackend(artifact, manifest, options)

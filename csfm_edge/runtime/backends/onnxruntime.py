@@ -25,8 +25,8 @@ def choose_providers(requested: str | None = None) -> list[str]:
         return [p for p in PREFERRED_PROVIDERS if p in available]
     name = PROVIDER_ALIASES.get(requested.lower(), requested)
     if name not in available:
-        hint = ("; onnxruntime-gpu has it, or run the PyTorch reference on the GPU (a checkpoint, or --reference, "
-                "with --provider cuda)") if name == "CUDAExecutionProvider" else ""
+        hint = ("; onnxruntime-gpu has it, or run the PyTorch reference on the GPU (a .pth checkpoint with "
+                "--provider cuda, or reference=True in Python)") if name == "CUDAExecutionProvider" else ""
         raise BackendUnavailableError(
             f"ONNX Runtime provider {requested!r} is not available here; available: {', '.join(available)}{hint}")
     return [name] if name == "CPUExecutionProvider" else [name, "CPUExecutionProvider"]

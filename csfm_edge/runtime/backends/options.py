@@ -42,9 +42,12 @@ class BackendOptions:
             if provider not in PROVIDERS:
                 raise BackendUnavailableError(f"unknown provider {self.provider!r}: choose from {', '.join(PROVIDERS)}")
             object.__setattr__(self, "provider", provider)
+        for name in ("cuda_graph", "reference"):
+            if not isinstance(getattr(self, name), bool):
+                raise ParameterError(f"{name} must be True or False, got {getattr(self, name)!r}")
         for name in ("device_id", "threads"):
             value = getattr(self, name)
-            if value is not None and (isinstance(value, bool) or not isinstance(value, int)
+            if (value is not None or name == "device_id") and (isinstance(value, bool) or not isinstance(value, int)
                                       or value < (0 if name == "device_id" else 1)):
                 raise ParameterError(f"{name} must be a {'non-negative' if name == 'device_id' else 'positive'} "
                                      f"integer, got {value!r}")
@@ -54,7 +57,24 @@ class BackendOptions:
             raise ParameterError(f"inference precision must be one of {', '.join(INFERENCE_PRECISIONS)}, "
                                  f"got {self.inference_precision!r}")
         if self.checkpoint is not None:
+            if not isinstance(self.checkpoint, (str, Path)):
+                raise ParameterError(f"checkpoint must be a path, got {self.checkpoint!r}")
             object.__setattr__(self, "checkpoint", Path(self.checkpoint))
 
     def with_provider(self, provider: str | None) -> BackendOptions:
         return replace(self, provider=provider)
+
+
+def option_problem(options: BackendOptions, runs: str, *, kind: str, on_gpu: bool) -> str | None:
+    """Why ``options`` ask the backend chosen (``kind``: onnxruntime, openvino, tensorrt or torch; ``runs``:
+    what runs where) for something it does not have, or None: an option quietly ignored would be a fallback
+    the user never sees (a GPU number on the CPU, CUDA graphs outside TensorRT ...)."""
+    if options.device_id and not on_gpu:
+        return f"device_id {options.device_id} (--device-id) picks a GPU, but {runs} computes on the CPU"
+    if options.cuda_graph and kind != "tensorrt":
+        return f"cuda_graph (--cuda-graph) replays TensorRT engines (.plan): {runs} is not one"
+    if options.autocast is not None and kind != "torch":
+        return f"autocast applies to the PyTorch reference (reference=True or a checkpoint), not to {runs}"
+    if options.inference_precision is not None and kind != "openvino":
+        return f"inference_precision applies to OpenVINO (provider openvino), not to {runs}"
+    return None

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from csfm_edge.errors import BackendUnavailableError, ParameterError
-from csfm_edge.runtime.backends.options import BackendOptions
+from csfm_edge.runtime.backends.options import BackendOptions, option_problem
 from csfm_edge.runtime.manifest import Manifest, checkpoint_weights, graph_manifest
 from csfm_edge.spec import SPEC
 
@@ -76,7 +76,8 @@ def check_device(options: BackendOptions) -> None:
     torch = _torch()
     cuda = TorchCuda.of(torch) if options.provider == "cuda" else \
         TorchCuda(torch.__version__, torch.version.cuda, False, 0, False)
-    problem = device_problem(options.provider, options.autocast, cuda, options.device_id)
+    problem = device_problem(options.provider, options.autocast, cuda, options.device_id) or \
+        option_problem(options, "the PyTorch reference", on_gpu=options.provider == "cuda", kind="torch")
     if problem is not None:
         raise BackendUnavailableError(problem)
 
