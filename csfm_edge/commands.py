@@ -417,6 +417,9 @@ def bench(args: argparse.Namespace) -> int:
                                    _int_list(args.time), args.warmup_s, args.duration_s, data_dir(args),
                                    [backend_options(args, p) for p in providers], args.json, trust=args.trust,
                                    force=args.force))
+    if not record["results"]:  # every target skipped: a table of nothing with exit status 0 would read as success
+        reasons = dict.fromkeys(f"{s['target']}: {s['reason']}" for s in record["skipped"])
+        raise CsfmError(f"nothing was benchmarked ({'; '.join(reasons) or 'no cases'})")
     print(f"{'target':44} {'leads':8} {'batch':>5} {'p50 ms':>9} {'p90 ms':>9} {'win/s':>9} {'cosine':>9}")
     for r in record["results"]:
         cosine = r["accuracy_min_cosine_vs_fp32"]

@@ -36,6 +36,7 @@ CASES = [  # (argv with {d} for the folder, what stderr must say)
     (["run", "{d}/garbage.pth", "{d}/rec.npy", "--fs", "250", "--leads", "I,II", "--cuda-graph"], "TensorRT"),
     (["run", "{d}/garbage.pth", "{d}/rec.npy", "--fs", "250", "--leads", "I,II", "--threads", "0"], "threads"),
     (["bench", "{d}/garbage.onnx", "--batch", "0"], "batch"),
+    (["bench", "{d}/garbage.onnx", "--batch", "1", "--duration-s", "0.1"], "nothing was benchmarked"),
     (["bench", "{d}/garbage.onnx", "--time", "5000"], "5000"),
     (["bench", "{d}/garbage.onnx", "--lead-sets", "bogus"], "bogus"),
     (["bench", "{d}/garbage.onnx", "--provider", "bogus"], "bogus"),
