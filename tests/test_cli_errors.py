@@ -24,6 +24,7 @@ CASES = [  # (argv with {d} for the folder, what stderr must say)
     (["export", "--size", "huge", "--out", "{d}/x"], "huge"),
     (["export", "--size", "tiny", "--precision", "fp8", "--out", "{d}/x"], "fp8"),
     (["export", "--size", "tiny", "--data", "{d}/missing", "--out", "{d}/x"], "missing"),
+    (["export", "--size", "tiny", "--out", "{d}/results.json"], "results.json is a file, not a folder"),
     (["verify", "{d}/garbage.onnx"], "garbage.onnx"),
     (["verify", "{d}/nothing.onnx"], "nothing.onnx"),
     (["build", "{d}/garbage.onnx", "--target", "rtx-sm86"], "garbage.onnx"),

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -24,7 +23,7 @@ from csfm_edge.export.embed import embed_manifest
 from csfm_edge.export.graph import export_fp32
 from csfm_edge.export.precision import DEFAULT_KEEP_FLOAT, keep_float_patterns, to_fp16, to_int8
 from csfm_edge.export.verify import run_cases, verification_cases, verify
-from csfm_edge.fileio import staging_folder
+from csfm_edge.fileio import check_output_folder, staging_folder
 from csfm_edge.leads import LEAD_NAMES
 from csfm_edge.model import CSFM, build, load_checkpoint
 from csfm_edge.progress import console_progress
@@ -82,17 +81,16 @@ def _check_request(request: ExportRequest, name: str) -> list[Path]:
         raise CsfmError(f"calibration data folder {request.calibration_data} does not exist")
     if "int8" in request.precisions:  # the calibrated precision
         check_positive("--calibration-windows", request.calibration_windows, integer=True)
-    out = request.out_dir
+    out = check_output_folder(request.out_dir)  # a file named as the folder, or a folder not writable
     try:
         out.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryFile(dir=out):
-            pass
     except OSError as exc:
-        raise CsfmError(f"output folder {out} is not writable ({exc.strerror or exc})") from None
+        raise CsfmError(f"output folder {out} cannot be made ({exc.strerror or exc})") from None
     targets = [out / f"{artifact_stem(name, p)}.onnx" for p in request.precisions]
     existing = [t.name for t in targets if t.exists() or t.with_suffix(".json").exists()]
     if existing and not request.force:
-        raise CsfmError(f"{', '.join(existing)} already exist in {out}: pass --force to overwrite")
+        raise CsfmError(f"{', '.join(existing)} {'already exists' if len(existing) == 1 else 'already exist'} in "
+                        f"{out}: pass --force to overwrite")
     return targets
 
 
