@@ -193,7 +193,8 @@ def test_bad_export_requests(tmp_path, tiny_artifacts):
     _assert_clean_error(_cli("export", "--size", "tiny", "--calibration-data", str(tmp_path / "nowhere"), "--out",
                              str(out)), "calibration data folder")
     (tmp_path / "a-file").write_text("")  # a folder cannot be made inside a file, even by root
-    _assert_clean_error(_cli("export", "--size", "tiny", "--out", str(tmp_path / "a-file" / "sub")), "a-file is a file, not a folder")
+    _assert_clean_error(_cli("export", "--size", "tiny", "--out", str(tmp_path / "a-file" / "sub")),
+                        "a-file is a file, not a folder")
     existing = tiny_artifacts["fp32"].parent
     _assert_clean_error(_cli("export", "--size", "tiny", "--precision", "fp32", "--out", str(existing)),
                         "already exist")
