@@ -114,6 +114,7 @@ def sign_flags(p: argparse.ArgumentParser) -> None:
                    help="sign with this X.509 certificate of the key (verified later against a CA with --trust CA.pem)")
     p.add_argument("--chain", type=Path, action="append", default=[],
                    help="intermediate certificates up to the CA (repeat)")
+    p.add_argument("--force", action="store_true", help="replace signatures already beside the artifacts")
 
 
 def sign(args: argparse.Namespace) -> int:
@@ -121,7 +122,8 @@ def sign(args: argparse.Namespace) -> int:
 
     if args.certificate is None and args.chain:
         raise CsfmError("--chain goes with --certificate")
-    for signature in sign_artifacts(args.artifacts, SigningKey(args.key, args.certificate, tuple(args.chain))):
+    for signature in sign_artifacts(args.artifacts, SigningKey(args.key, args.certificate, tuple(args.chain)),
+                                    force=args.force):
         print(f"wrote {signature}")
     return 0
 

@@ -151,14 +151,17 @@ def test_signing_refuses_bad_keys_and_broken_artifacts_before_writing(tiny_artif
     assert "cannot sign" in err and not list((tmp_path / "out").glob("*.onnx"))
 
 
-def test_certificate_signatures_verify_against_their_ca(signed, tmp_path, keys):
+def test_certificate_signatures_verify_against_their_ca(signed, tmp_path, keys, capsys):
     ca_key = ec.generate_private_key(ec.SECP256R1())
     ca = _certificate("csfm-edge test CA", ca_key, "csfm-edge test CA", ca_key, ca=True)
     leaf_private, _, leaf_key = _write_key(tmp_path, "leaf")
     leaf = _certificate("release signer", leaf_key, "csfm-edge test CA", ca_key, ca=False)
     (tmp_path / "ca.crt").write_bytes(ca.public_bytes(serialization.Encoding.PEM))
     (tmp_path / "leaf.crt").write_bytes(leaf.public_bytes(serialization.Encoding.PEM))
-    assert main(["sign", str(signed), "--key", str(leaf_private), "--certificate", str(tmp_path / "leaf.crt")]) == 0
+    assert "signature" in _refused(["sign", str(signed), "--key", str(leaf_private), "--certificate",
+                                    str(tmp_path / "leaf.crt")], capsys)  # signed already: kept without --force
+    assert main(["sign", str(signed), "--key", str(leaf_private), "--certificate", str(tmp_path / "leaf.crt"),
+                 "--force"]) == 0
     Session.open(signed, provider="cpu", trust=tmp_path / "ca.crt").close()
 
     other_key = ec.generate_private_key(ec.SECP256R1())

@@ -229,7 +229,8 @@ def export(request: ExportRequest) -> list[Path]:
             write_manifest(target, manifest)
             written.append(target)
     if request.sign_key is not None:
-        for signature in sign_artifacts(written, SigningKey(request.sign_key)):
+        # force: a signature left beside a graph this export just replaced is stale
+        for signature in sign_artifacts(written, SigningKey(request.sign_key), force=True):
             say(f"[export] signed: {signature.name}")
     say(f"[export] done in {time.perf_counter() - started:.0f} s: " + ", ".join(p.name for p in written))
     return written

@@ -92,18 +92,23 @@ def signing_config(key: SigningKey, files: Sequence[Path] = ()):
                          "openssl ecparam -name prime256v1 -genkey -noout -out key.pem)") from None
 
 
-def sign_artifacts(artifacts: Sequence[str | Path], key: SigningKey) -> list[Path]:
+def sign_artifacts(artifacts: Sequence[str | Path], key: SigningKey, *, force: bool = False) -> list[Path]:
     """Sign each artifact (and its sidecar) with ``key``; return the signatures' paths.
 
     Every artifact must first read as what its manifest says (an artifact that fails its own checks is not
-    signed), and the key must load, before any signature is written. Each signature is written atomically."""
-    from csfm_edge.fileio import write_atomically
-    from csfm_edge.runtime.manifest import read_manifest
+    signed), the key must load, and each signature must be new (or ``force``: a release signature replaced by
+    a slip of the wrong key is lost) in a writable folder, before any signature is written. Each signature is
+    written atomically."""
+    from csfm_edge.fileio import check_output, write_atomically
+    from csfm_edge.runtime.manifest import manifest_path, read_manifest
 
     paths = [Path(a) for a in artifacts]
     for artifact in paths:
         read_manifest(artifact)
     signing_config(key)
+    for artifact in paths:
+        check_output(signature_path(artifact), protected=[artifact, manifest_path(artifact)], force=force,
+                     flag="signature")
     written = []
     for artifact in paths:
         target = signature_path(artifact)
