@@ -52,11 +52,11 @@ def main() -> None:
         with tempfile.TemporaryDirectory() as out:
             peak, seconds = peak_gb(args.size, count, args.data, Path(out))
             [artifact] = Path(out).glob("*.int8.onnx")
-            cases = read_manifest(artifact).verification["cases"]
+            cases = read_manifest(artifact).verification.cases
         worst: dict[str, float] = {}
         for case in cases:
-            if case["case"].startswith("real "):  # the held-out recordings (the grid cases reuse their windows)
-                worst[case["case"][5:]] = min(worst.get(case["case"][5:], 1.0), case["min_cosine"])
+            if case.case.startswith("real "):  # the held-out recordings (the grid cases reuse their windows)
+                worst[case.case[5:]] = min(worst.get(case.case[5:], 1.0), case.min_cosine)
         first = first or peak
         print(f"{count:7d} {peak:8.2f} {peak / first * 100 - 100:+7.1f}% {seconds:6.0f}  "
               + ", ".join(f"{name} {value:.5f}" for name, value in worst.items()), flush=True)

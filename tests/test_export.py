@@ -254,7 +254,7 @@ def test_calibration_draws_every_lead_set_and_never_a_verification_window(data_d
     reader = RecordingCalibrationReader(list(batches.values()))
     reader.set_range(10, 12)  # ONNX Runtime's strided calibration: one stride at a time
     assert [reader.get_next() is not None for _ in range(3)] == [True, True, False]
-    assert reader.describe()["windows"] == 256
+    assert reader.describe().windows == 256
 
 
 def test_too_few_calibration_windows_are_refused(tmp_path):
