@@ -65,12 +65,14 @@ def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises many types for a non-checkpoint file
-        if "weights_only" in str(exc):  # never repeat torch's advice to unpickle arbitrary objects (runs code)
+        if "Unsupported global" in str(exc):  # pickled objects besides tensors: never unpickled (that runs code)
             raise CheckpointError(f"{path} is not a plain checkpoint: it holds Python objects besides tensors, "
                                   "which csfm-edge does not unpickle (that could run code); save the state dict "
                                   "alone (torch.save(model.state_dict(), ...))") from None
-        raise CheckpointError(f"{path} is not a readable PyTorch checkpoint ({type(exc).__name__}: "
-                              f"{str(exc).splitlines()[0] if str(exc) else ''})") from None
+        # torch's own message advises weights_only=False (unpickling arbitrary code): never repeat it
+        first = "" if "weights_only" in str(exc) else f": {str(exc).splitlines()[0]}" if str(exc) else ""
+        raise CheckpointError(f"{path} is not a readable PyTorch checkpoint (corrupt, truncated or another "
+                              f"format; {type(exc).__name__}{first})") from None
     for _ in range(3):  # unwrap {"model": ...} / {"state_dict": ...} nesting
         if isinstance(obj, dict) and not any(isinstance(v, torch.Tensor) for v in obj.values()):
             inner = next((obj[k] for k in ("model", "state_dict") if isinstance(obj.get(k), dict)), None)
