@@ -56,9 +56,9 @@ def measure(fn: Callable[[], object], *, warmup_s: float = 0.2, duration_s: floa
 
 
 def in_own_process(fn: Callable[..., dict], *args) -> dict:
-    """``fn(*args)`` in a freshly spawned interpreter, whose thread pools share no cores with this one's
-    (OpenVINO's and PyTorch's pools fight: a PyTorch bf16 call measured 5x slower beside a live OpenVINO
-    session). A process that dies returns ``{"error": ...}``."""
+    """``fn(*args)`` in a freshly spawned interpreter with thread pools of its own: no OpenVINO, ONNX Runtime or
+    PyTorch pool of this process is live in it (they fight when they share one: a PyTorch bf16 call measured
+    5x slower beside a live OpenVINO session). A process that dies returns ``{"error": ...}``."""
     context = multiprocessing.get_context("spawn")
     try:
         with ProcessPoolExecutor(max_workers=1, mp_context=context) as pool:
