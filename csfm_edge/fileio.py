@@ -66,11 +66,16 @@ def _check_writable_folder(path: Path, flag: str) -> None:
     folder = path.parent if str(path.parent) else Path(".")
     if not folder.is_dir():
         raise OutputError(f"{flag} {path}: folder {folder} does not exist")
+    _probe_writable(folder, f"{flag} {path}")
+
+
+def _probe_writable(folder: Path, what: str) -> None:
+    """A file can be made in ``folder`` (permissions, read-only mounts, immutable folders), or one line."""
     try:
         with tempfile.TemporaryFile(dir=folder):
             pass
     except OSError as exc:
-        raise OutputError(f"{flag} {path}: folder {folder} is not writable ({exc.strerror or exc})") from None
+        raise OutputError(f"{what}: folder {folder} is not writable ({exc.strerror or exc})") from None
 
 
 def check_dataset_output(path: str | Path, *, protected: list[Path], force: bool = False, flag: str = "--out"
@@ -106,11 +111,7 @@ def check_output_folder(folder: str | Path, *, flag: str = "--out") -> Path:
         existing = existing.parent
     if not existing.is_dir():
         raise OutputError(f"{flag} {folder}: {existing} is a file, not a folder")
-    try:
-        with tempfile.TemporaryFile(dir=existing):
-            pass
-    except OSError as exc:
-        raise OutputError(f"{flag} {folder}: folder {existing} is not writable ({exc.strerror or exc})") from None
+    _probe_writable(existing, f"{flag} {folder}")
     return folder
 
 
