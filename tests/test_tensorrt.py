@@ -100,9 +100,13 @@ def test_graph_with_zero_points_is_rejected(tiny_artifacts, tmp_path):
     """ONNX Runtime's dynamic int8 (asymmetric, non-zero zero points) is no graph TensorRT takes."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
+    from csfm_edge.export.embed import embed_manifest
+
     dynamic = tmp_path / "csfm-tiny.dynamic.onnx"
     quantize_dynamic(str(tiny_artifacts["fp32"]), str(dynamic), weight_type=QuantType.QUInt8)
-    write_manifest(dynamic, read_manifest(tiny_artifacts["fp32"]))
+    # labelled int8 (a quantized graph labelled fp32 is refused before TensorRT, as an edited manifest)
+    labelled = dataclasses.replace(read_manifest(tiny_artifacts["fp32"]), precision="int8")
+    write_manifest(dynamic, embed_manifest(dynamic, labelled))
     with pytest.raises(ArtifactError, match="TensorRT's ONNX parser rejected csfm-tiny.dynamic.onnx"):
         build_engine(BuildRequest(dynamic, tmp_path / "dynamic.plan", target="rtx-sm86", progress=quiet))
 
