@@ -51,15 +51,24 @@ def test_tune_writes_a_choice_that_session_opens(tuned_folder):
     assert info["selection"]["choice"].startswith(record["choice"]["setting"]["artifact"])
 
 
+def _copy_with_edited_record(folder, moved, edit) -> None:
+    """The tuned folder copied to ``moved`` with ``edit`` applied to its tuned record (a fleet copy, a stale one)."""
+    shutil.copytree(folder, moved)
+    record = json.loads((moved / TUNED_NAME).read_text())
+    edit(record)
+    (moved / TUNED_NAME).write_text(json.dumps(record))
+
+
 @pytest.mark.slow
 def test_fingerprint_mismatch_opens_the_default_and_says_why(tuned_folder, tmp_path):
     folder, _ = tuned_folder
     moved = tmp_path / "fleet"
-    shutil.copytree(folder, moved)
-    record = json.loads((moved / TUNED_NAME).read_text())
-    record["fingerprint"]["cpu"] = "Gateway CPU 9000"
-    record["fingerprint"]["cpu_flags"] = [f for f in record["fingerprint"]["cpu_flags"] if not f.startswith("amx")]
-    (moved / TUNED_NAME).write_text(json.dumps(record))
+
+    def other_machine(record: dict) -> None:
+        record["fingerprint"]["cpu"] = "Gateway CPU 9000"
+        record["fingerprint"]["cpu_flags"] = [f for f in record["fingerprint"]["cpu_flags"] if not f.startswith("amx")]
+
+    _copy_with_edited_record(folder, moved, other_machine)
     with Session.open(moved) as session:
         selection = session.info()["selection"]
     assert selection["source"] == "default"
@@ -69,12 +78,9 @@ def test_fingerprint_mismatch_opens_the_default_and_says_why(tuned_folder, tmp_p
 
 @pytest.mark.slow
 def test_a_changed_artifact_makes_the_tuned_choice_stale(tuned_folder, tmp_path):
-    folder, record = tuned_folder
+    folder, _ = tuned_folder
     moved = tmp_path / "stale"
-    shutil.copytree(folder, moved)
-    tuned = json.loads((moved / TUNED_NAME).read_text())
-    tuned["choice"]["sha256"] = "0" * 64
-    (moved / TUNED_NAME).write_text(json.dumps(tuned))
+    _copy_with_edited_record(folder, moved, lambda record: record["choice"].update(sha256="0" * 64))
     with Session.open(moved) as session:
         selection = session.info()["selection"]
     assert selection["source"] == "default" and "changed since tuning" in selection["reason"]
