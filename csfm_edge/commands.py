@@ -44,11 +44,13 @@ def add_provider_flag(p, *, several: bool = False, help: str = "") -> None:
 
 
 def add_backend_flags(p: argparse.ArgumentParser, *, several: bool = False) -> None:
-    """How an artifact runs: --provider, --threads, --device-id, --cuda-graph. Read back with
+    """How an artifact runs: --provider, --threads, --streams, --device-id, --cuda-graph. Read back with
     :func:`backend_options`."""
     group = p.add_argument_group("backend")
     add_provider_flag(group, several=several)
     group.add_argument("--threads", type=int, default=None, help="CPU threads of ONNX Runtime/OpenVINO (default: all)")
+    group.add_argument("--streams", type=int, default=1,
+                       help="OpenVINO: inferences at once, the cores split among them (default 1: lowest latency)")
     group.add_argument("--device-id", type=int, default=0, help="GPU to run on (default 0)")
     group.add_argument("--cuda-graph", action="store_true", help="TensorRT engines: replay captured CUDA graphs")
 
@@ -58,7 +60,7 @@ def backend_options(args: argparse.Namespace, provider: str | None = None):
     from csfm_edge.runtime.backends import BackendOptions
 
     return BackendOptions(provider=provider if provider is not None else args.provider, device_id=args.device_id,
-                          threads=args.threads, cuda_graph=args.cuda_graph)
+                          threads=args.threads, cuda_graph=args.cuda_graph, streams=args.streams)
 
 
 def add_output_flags(p: argparse.ArgumentParser, help: str, *, required: bool = False, force_help: str = "") -> None:
@@ -589,8 +591,6 @@ def gateway_flags(p: argparse.ArgumentParser) -> None:
                    help="longest a due window waits for others to fill its engine call (default 50)")
     p.add_argument("--max-batch", type=int, default=32, help="windows per engine call at most (default 32)")
     p.add_argument("--workers", type=int, default=2, help="preprocessing threads (default 2)")
-    p.add_argument("--engines", type=int, default=1,
-                   help="engine threads (default 1; 2 can help on a CPU, where batching gains little)")
     p.add_argument("--duration", type=float, default=None, metavar="S",
                    help="stop after S seconds (default: run until SIGINT/SIGTERM)")
     add_output_flags(p, ".parquet table of every window (run's columns, record = the bed, plus timestamp and "
@@ -618,7 +618,7 @@ def gateway(args: argparse.Namespace) -> int:
 
     request = WardRequest(args.artifact, args.out, split_list(args.types), lead_map, args.hop,
                           args.max_delay_ms / 1e3, args.max_batch, args.duration, args.metrics_port,
-                          args.metrics_host, backend_options(args), not args.no_outlets, args.workers, args.engines)
+                          args.metrics_host, backend_options(args), not args.no_outlets, args.workers)
     summary = run_ward(request)
     print(f"{len(summary.beds)} beds: {summary.scored} windows scored, {summary.flagged} flagged, {summary.late} late, "
           f"{summary.disconnects} disconnections; p99 latency {summary.p99_text()}")

@@ -42,6 +42,7 @@ CASES = [  # (argv with {d} for the folder, what stderr must say)
     (["bench", "{d}/garbage.onnx", "--lead-sets", "bogus"], "bogus"),
     (["bench", "{d}/garbage.onnx", "--provider", "bogus"], "bogus"),
     (["bench", "{d}/garbage.onnx", "--threads", "0", "--duration-s", "0.1"], "threads"),
+    (["bench", "{d}/garbage.onnx", "--streams", "0", "--duration-s", "0.1"], "streams"),
     (["bench-report", "{d}/missing.json", "--out", "{d}/report"], "missing.json"),
     (["triton-repo", "{d}/garbage.onnx", "--out", "{d}/repo"], "garbage.onnx"),
     (["triton-repo", "{d}/garbage.onnx", "--out", "{d}/repo", "--lead-sets", "bogus"], "bogus"),

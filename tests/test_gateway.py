@@ -13,6 +13,7 @@ from conftest import load_record
 
 from csfm_edge.errors import ParameterError, ShapeError
 from csfm_edge.runtime import Session
+from csfm_edge.runtime.backends import BackendOptions
 from csfm_edge.runtime.gateway import Gateway, GatewayError, GatewayResult
 
 MIN_COSINE = 0.999
@@ -255,3 +256,31 @@ def test_a_failing_result_callback_stops_the_gateway_loudly(session, records):
             time.sleep(0.05)
     with pytest.raises(GatewayError):
         gateway.close()
+
+
+def test_each_bed_gets_its_results_in_window_order_from_two_engine_threads(tiny_artifacts, records):
+    """Two OpenVINO streams give two engine threads. Windows 0-2 lack the PPG (NaN for 3 s) and windows 3-4
+    have it: two lead sets, two engine calls at once. The call of windows 0-2 is held back (its ``on_batch``
+    sleeps) while the other delivers, yet the bed gets window 0 first and every window equals embed's."""
+    pytest.importorskip("openvino")
+    session = Session.open(tiny_artifacts["fp32"], BackendOptions(provider="openvino", streams=2))
+    signal, fs, ids = records["bedside"]
+    signal = signal[:, : int(14 * fs)].copy()
+    signal[1, : int(3 * fs)] = np.nan
+    results = Collector()
+    calls = []
+
+    def hold_back_the_first_windows(size: int, seconds: float) -> None:
+        calls.append(size)
+        if size == 3:
+            time.sleep(0.5)
+
+    with Gateway(session, results, max_delay_s=0.3, on_batch=hold_back_the_first_windows) as gateway:
+        gateway.add("bed", fs, ids)
+        gateway.push("bed", signal)
+        results.wait("bed", 5)
+    got = results.by_bed["bed"]
+    assert sorted(calls) == [2, 3]
+    assert [r.start_s for r in got] == [0.0, 1.0, 2.0, 3.0, 4.0]
+    assert [r.leads for r in got] == [["II"]] * 3 + [["II", "PPG"]] * 2
+    check_bed(got, expected(session, signal, fs, ids))

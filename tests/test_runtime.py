@@ -158,7 +158,8 @@ def test_bad_backend_options_are_refused_when_made(tmp_path):
     for kwargs, says in [({"threads": 0}, "threads"), ({"threads": "2"}, "threads"), ({"device_id": None}, "device_id"),
                          ({"device_id": -1}, "device_id"), ({"cuda_graph": "no"}, "cuda_graph must be True or False"),
                          ({"reference": "yes"}, "reference must be True or False"), ({"checkpoint": 5}, "checkpoint"),
-                         ({"provider": "tpu"}, "tpu"), ({"autocast": "fp32"}, "autocast")]:
+                         ({"provider": "tpu"}, "tpu"), ({"autocast": "fp32"}, "autocast"),
+                         ({"streams": 0}, "streams must be a positive integer")]:
         with pytest.raises(CsfmError, match=says):
             BackendOptions(**kwargs)
     with pytest.raises(ParameterError, match="options must be a BackendOptions, got 'cpu'"):
@@ -175,12 +176,18 @@ def test_options_a_backend_lacks_are_refused_not_ignored(tiny_artifacts):
                           (BackendOptions(provider="cpu", autocast="bf16"), "autocast applies to the PyTorch"),
                           (BackendOptions(provider="cpu", inference_precision="f16"), "applies to OpenVINO"),
                           (BackendOptions(reference=True, device_id=1), "PyTorch reference computes on the CPU"),
-                          (BackendOptions(reference=True, cuda_graph=True), "PyTorch reference is not one")]:
+                          (BackendOptions(reference=True, cuda_graph=True), "PyTorch reference is not one"),
+                          (BackendOptions(provider="cpu", streams=2), "streams 2 .* not .* on cpu"),
+                          (BackendOptions(reference=True, streams=2), "streams 2 .* not the PyTorch")]:
         with pytest.raises(BackendUnavailableError, match=says):
             Session.open(artifact, options)
     pytest.importorskip("openvino")
     with Session.open(artifact, BackendOptions(provider="openvino", threads=1, inference_precision="f32")) as session:
-        assert session.info()["provider"] == "CPU (f32)"
+        assert session.info()["provider"] == "CPU (f32)" and session.backend.streams == 1
+    with Session.open(artifact, BackendOptions(provider="openvino", streams=2)) as session:
+        assert session.info()["streams"] == 2
+        compiled = session.backend.model
+        assert compiled.get_property("NUM_STREAMS") == 2  # OpenVINO's own record of what it set up
 
 
 def test_stream_matches_offline_windows_and_keeps_up(session, bedside):

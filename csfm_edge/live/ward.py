@@ -42,10 +42,9 @@ class WardRequest:
     duration_s: float | None = None  # None: until SIGINT/SIGTERM
     metrics_port: int | None = None
     metrics_host: str = "127.0.0.1"
-    options: BackendOptions | None = None  # how the artifact runs (provider, threads, device)
+    options: BackendOptions | None = None  # how the artifact runs (provider, threads, streams, device)
     outlets: bool = True
     workers: int = 2
-    engines: int = 1
     flush_s: float = FLUSH_S
 
 
@@ -128,7 +127,7 @@ def run_ward(request: WardRequest, progress: Callable[[str], None] = console_pro
         progress(f"bed {info.bed}: {', '.join(info.leads)} at {', '.join(f'{r:g}' for r in info.fs)} Hz")
 
     gateway = Gateway(session, on_result, hop_s=request.hop_s, max_batch=request.max_batch,
-                      max_delay_s=request.max_delay_s, workers=request.workers, engines=request.engines,
+                      max_delay_s=request.max_delay_s, workers=request.workers,
                       on_batch=(lambda size, seconds: metrics.batch_scored(size)) if metrics else None)
     source = LslBeds(gateway, types=request.types, lead_map=request.lead_map, on_bed=on_bed,
                      on_lost=lambda bed, stream: progress(f"bed {bed}: lost {stream} (disconnected)"),
@@ -171,8 +170,7 @@ def check_request(request: WardRequest) -> None:
         raise CsfmError(f"--hop must be > 0 s, got {request.hop_s:g}")
     if not 0 <= request.max_delay_s < 60:
         raise CsfmError(f"--max-delay-ms must be 0 to 60000, got {request.max_delay_s * 1e3:g}")
-    if min(request.max_batch, request.workers, request.engines) < 1:
-        raise CsfmError(f"--max-batch, --workers and --engines must be at least 1, got {request.max_batch}, "
-                        f"{request.workers} and {request.engines}")
+    if min(request.max_batch, request.workers) < 1:
+        raise CsfmError(f"--max-batch and --workers must be at least 1, got {request.max_batch} and {request.workers}")
     if request.metrics_port is not None and not 0 < request.metrics_port < 65536:
         raise CsfmError(f"--metrics-port must be 1 to 65535, got {request.metrics_port}")

@@ -100,6 +100,7 @@ class _Lead:
 class _Due:
     k: int  # window number on the bed's grid
     arrived: float  # perf_counter() of the push that completed it
+    seq: int  # place among the bed's results, which are given in this order
 
 
 class _Bed:
@@ -130,6 +131,30 @@ class _Bed:
         self.offset_s = 0.0  # start of this segment from the bed's first sample
         self.next_k = 0
         self.index = {name: row for row, name in enumerate(self.names)}
+        self.next_seq = 0  # the next result's place (never reset: results keep their order across segments)
+        self.order_lock = threading.Lock()
+        self.released = 0  # results given so far, in order
+        self.held: dict[int, GatewayResult | None] = {}  # results ready before an earlier one (None: dropped)
+
+    def take_seq(self) -> int:
+        seq, self.next_seq = self.next_seq, self.next_seq + 1
+        return seq
+
+    def drop(self, dues) -> None:
+        """Windows forgotten unscored (disconnection, removal): later results need not wait for them."""
+        with self.order_lock:
+            self.held.update((due.seq, None) for due in dues)
+
+    def release(self, seq: int, result: GatewayResult, give: Callable[[GatewayResult], None]) -> None:
+        """Give ``result`` and every held one after it that is next in order (results of two engine
+        threads, or of two lead sets, can be ready out of order)."""
+        with self.order_lock:
+            self.held[seq] = result
+            while self.released in self.held:
+                ready = self.held.pop(self.released)
+                self.released += 1
+                if ready is not None:
+                    give(ready)
 
     def start_s(self, k: int) -> float:
         return k * self.hop / SAMPLE_RATE_HZ
@@ -141,7 +166,7 @@ class _Bed:
     def collect_due(self, arrived: float) -> None:
         """Append every window whose last sample has now arrived on every lead."""
         while all(lead.total >= self.bounds(self.next_k, lead)[1] for lead in self.leads):
-            self.pending.append(_Due(self.next_k, arrived))
+            self.pending.append(_Due(self.next_k, arrived, self.take_seq()))
             self.next_k += 1
         while self.pending and any(lead.total - lead.capacity > self.bounds(self.pending[0].k, lead)[0]
                                    for lead in self.leads):
@@ -155,6 +180,7 @@ class _Bed:
         self.origin = None
         for lead in self.leads:
             lead.total = 0
+        self.drop(self.pending)
         self.pending.clear()
         self.next_k = 0
 
@@ -163,7 +189,8 @@ class _Bed:
 class _Entry:
     """A prepared window waiting for its engine call."""
 
-    bed: str
+    bed: _Bed
+    seq: int
     start_s: float
     timestamp: float | None
     data: np.ndarray  # float32 [C, 2500]
@@ -180,14 +207,16 @@ class Gateway:
     ``on_result`` receives every :class:`GatewayResult` (scored, flagged or late), from the gateway's
     worker threads (and ``disconnect``'s caller): it must be quick and thread-safe. ``max_batch``
     windows of one lead set make a full call; a call also goes when its oldest window has waited
-    ``max_delay_s``. ``workers`` threads preprocess (NumPy/SciPy release the GIL); ``engines`` threads run
-    engine calls (more than one overlaps calls: on a CPU, where a batch costs about its windows' sum, two
-    calls in flight use the cores better than one large one; on a GPU one engine thread batches best).
+    ``max_delay_s``. ``workers`` threads preprocess (NumPy/SciPy release the GIL); one engine thread per
+    inference the session's backend runs at once (``BackendOptions.streams``: on a CPU, where a batch costs
+    about its windows' sum, two OpenVINO streams of one core each score more windows per second than one
+    call over both cores; on a GPU one engine thread batches best). Each bed's results come in the order of
+    its windows, whichever engine thread scored them.
     """
 
     def __init__(self, session: Session, on_result: Callable[[GatewayResult], None], *, hop_s: float = 1.0,
                  max_batch: int = 32, max_delay_s: float = 0.05, context_s: float = 0.0, workers: int = 2,
-                 max_gap_s: float = 0.1, on_batch: Callable[[int, float], None] | None = None, engines: int = 1):
+                 max_gap_s: float = 0.1, on_batch: Callable[[int, float], None] | None = None):
         self.session = session
         self.on_result = on_result
         self.on_batch = on_batch  # told the size and seconds of every engine call
@@ -204,7 +233,7 @@ class Gateway:
         self._beds_lock = threading.Lock()
         self._work: queue.Queue[_Bed | None] = queue.Queue()
         self._batches: dict[tuple[int, ...], deque[_Entry]] = {}
-        self._queued: dict[str, list[_Entry]] = {}  # each bed's entries in _batches, oldest first
+        self._queued: dict[_Bed, list[_Entry]] = {}  # each bed's entries in _batches, oldest first
         self._engine = threading.Condition()
         self._stopping = False
         self._error: BaseException | None = None
@@ -213,7 +242,7 @@ class Gateway:
                          for i in range(int(check_positive("workers", workers, integer=True)))]
         self._threads += [threading.Thread(target=self._guard, args=(self._engine_loop,), daemon=True,
                                            name=f"csfm-gateway-engine{i}")
-                          for i in range(int(check_positive("engines", engines, integer=True)))]
+                          for i in range(session.backend.streams)]
         for thread in self._threads:
             thread.start()
 
@@ -235,6 +264,8 @@ class Gateway:
             raise ParameterError(f"no bed {bed!r} in the gateway")
         with found.lock:
             found.removed = True
+            found.drop(found.pending)
+            found.drop(found.late)
             found.pending.clear()
             found.late.clear()
 
@@ -251,7 +282,8 @@ class Gateway:
                 lead.total / lead.fs for lead in found.leads)
             start = found.offset_s + max(lead.total / lead.fs for lead in found.leads)
             found.reset()
-        self._deliver(GatewayResult(found.name, start, timestamp, None, None, ["disconnected"], [], 0.0, 0))
+            seq = found.take_seq()
+        self._deliver(found, seq, GatewayResult(found.name, start, timestamp, None, None, ["disconnected"], [], 0.0, 0))
 
     def push(self, bed: str, chunk, timestamps=None, *, leads=None) -> None:
         """Samples of ``bed``: [C, n] for its leads (or for ``leads``, a subset sharing one rate), or [n] for
@@ -388,7 +420,7 @@ class Gateway:
                     found.scheduled = False
                     return
             for due in late:
-                self._deliver(self._unscored(found, due, origin, offset, ["late"]))
+                self._deliver(found, due.seq, self._unscored(found, due, origin, offset, ["late"]))
             for due, rows in spans:
                 self._prepare(found, due, rows, origin, offset)
 
@@ -412,23 +444,23 @@ class Gateway:
                                                 offsets=[max(samples - WINDOW_SAMPLES, 0)])
         except SignalError as exc:
             flags = [d.flag for d in getattr(exc, "dropped", [])] or [str(exc)]
-            self._deliver(self._unscored(found, due, origin, offset, flags + ["no_signal"]))
+            self._deliver(found, due.seq, self._unscored(found, due, origin, offset, flags + ["no_signal"]))
             return
         windows, names = prepared.windows, prepared.names
         flags = [d.flag for d in prepared.dropped] + windows.flags(names)[-1]
         usable = np.flatnonzero(~windows.unusable(names)[-1])
         if not usable.size:
-            self._deliver(self._unscored(found, due, origin, offset, flags + ["no_signal"]))
+            self._deliver(found, due.seq, self._unscored(found, due, origin, offset, flags + ["no_signal"]))
             return
         key = tuple(int(i) for i in prepared.ids[usable])
-        entry = _Entry(found.name, offset + start, None if origin is None else origin + start,
+        entry = _Entry(found, due.seq, offset + start, None if origin is None else origin + start,
                        windows.data[-1][usable], flags, [names[c] for c in usable], due.arrived, found.hop_s, key)
         with self._engine:
             stale = self._enqueue(entry)
             self._engine.notify()
         for old in stale:
-            self._deliver(GatewayResult(old.bed, old.start_s, old.timestamp, None, None, ["late"], [],
-                                        time.perf_counter() - old.arrived, 0))
+            self._deliver(old.bed, old.seq, GatewayResult(old.bed.name, old.start_s, old.timestamp, None, None,
+                                                          ["late"], [], time.perf_counter() - old.arrived, 0))
 
     def _enqueue(self, entry: _Entry) -> list[_Entry]:
         """Queue ``entry`` for the engine (engine lock held); the bed's queued windows that waited longer than
@@ -480,12 +512,13 @@ class Gateway:
             self.on_batch(len(batch), done - started)
         features, logits = outputs[SPEC.features], outputs.get(SPEC.logits)
         for row, entry in enumerate(batch):
-            self._deliver(GatewayResult(entry.bed, entry.start_s, entry.timestamp, features[row],
-                                        None if logits is None else logits[row], entry.flags, entry.leads,
-                                        done - entry.arrived, len(batch)))
+            result = GatewayResult(entry.bed.name, entry.start_s, entry.timestamp, features[row],
+                                   None if logits is None else logits[row], entry.flags, entry.leads,
+                                   done - entry.arrived, len(batch))
+            self._deliver(entry.bed, entry.seq, result)
 
-    def _deliver(self, result: GatewayResult) -> None:
-        self.on_result(result)
+    def _deliver(self, found: _Bed, seq: int, result: GatewayResult) -> None:
+        found.release(seq, result, self.on_result)
 
     # --- lifetime -----------------------------------------------------------------------------
 

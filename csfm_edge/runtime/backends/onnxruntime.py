@@ -46,6 +46,7 @@ class OnnxRuntimeBackend:
 
     name = "onnxruntime"
     device_timing = False
+    streams = 1  # inferences it is set up to run at once (BackendOptions.streams is OpenVINO's alone)
 
     def __init__(self, path: str | Path, manifest: Manifest, options: BackendOptions):
         session_options = ort.SessionOptions()

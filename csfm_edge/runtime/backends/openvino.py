@@ -62,6 +62,9 @@ class OpenVINOBackend:
             raise BackendUnavailableError(f"this CPU has no {self.inference_precision} units for OpenVINO "
                                           f"(it has {', '.join(capabilities)})")
         config = {"INFERENCE_PRECISION_HINT": self.inference_precision, "PERFORMANCE_HINT": "LATENCY"}
+        if options.streams > 1:  # the cores split among streams, one inference each at a time
+            config.update({"PERFORMANCE_HINT": "THROUGHPUT", "NUM_STREAMS": options.streams})
+        self.streams = options.streams
         if options.threads:
             config["INFERENCE_NUM_THREADS"] = options.threads
         self.model = core.compile_model(str(path), "CPU", config)
@@ -74,7 +77,7 @@ class OpenVINOBackend:
         self.device = core.get_property("CPU", "FULL_DEVICE_NAME")
 
     def describe(self) -> dict:
-        return {"backend": self.name, "provider": f"CPU ({self.inference_precision})",
+        return {"backend": self.name, "provider": f"CPU ({self.inference_precision})", "streams": self.streams,
                 "openvino": self.ov.__version__, "device": self.device, "file": self.path.name}
 
     def run(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

@@ -24,7 +24,10 @@ class BackendOptions:
     ``device_id`` picks the GPU; ``cuda_graph`` replays TensorRT engines from captured CUDA graphs;
     ``reference`` runs the artifact's weights in PyTorch (``checkpoint`` names them when they are not
     seeded), on ``provider`` cpu or cuda, with ``autocast`` bf16/fp16 if asked; ``inference_precision``
-    overrides OpenVINO's (by default f32 for fp32 graphs, bf16 for fp16/int8 where the CPU has it).
+    overrides OpenVINO's (by default f32 for fp32 graphs, bf16 for fp16/int8 where the CPU has it);
+    ``streams`` is how many inferences OpenVINO runs at once, the cores split among them: 1 (the default)
+    gives one call every core, the lowest latency; more give more windows per second from callers that
+    call at once (a gateway's engine threads), where a small model spreads badly over many cores.
     """
 
     provider: str | None = None
@@ -35,6 +38,7 @@ class BackendOptions:
     checkpoint: Path | None = None
     autocast: str | None = None
     inference_precision: str | None = None
+    streams: int = 1
 
     def __post_init__(self) -> None:
         if self.provider is not None:
@@ -45,9 +49,9 @@ class BackendOptions:
         for name in ("cuda_graph", "reference"):
             if not isinstance(getattr(self, name), bool):
                 raise ParameterError(f"{name} must be True or False, got {getattr(self, name)!r}")
-        for name in ("device_id", "threads"):
+        for name in ("device_id", "threads", "streams"):
             value = getattr(self, name)
-            if (value is not None or name == "device_id") and (isinstance(value, bool) or not isinstance(value, int)
+            if (value is not None or name != "threads") and (isinstance(value, bool) or not isinstance(value, int)
                                       or value < (0 if name == "device_id" else 1)):
                 raise ParameterError(f"{name} must be a {'non-negative' if name == 'device_id' else 'positive'} "
                                      f"integer, got {value!r}")
@@ -77,4 +81,7 @@ def option_problem(options: BackendOptions, runs: str, *, kind: str, on_gpu: boo
         return f"autocast applies to the PyTorch reference (reference=True or a checkpoint), not to {runs}"
     if options.inference_precision is not None and kind != "openvino":
         return f"inference_precision applies to OpenVINO (provider openvino), not to {runs}"
+    if options.streams > 1 and kind != "openvino":
+        return f"streams {options.streams} (--streams) runs several OpenVINO inferences at once (provider " \
+               f"openvino), not {runs}"
     return None

@@ -174,6 +174,7 @@ class TensorRTBackend:
     name = "tensorrt"
     on_gpu = True
     device_timing = True  # gpu_compute_ms and execute_only: GPU time without the host copies
+    streams = 1  # inferences it is set up to run at once (BackendOptions.streams is OpenVINO's alone)
 
     def __init__(self, plan: Path, manifest: Manifest, options: BackendOptions):
         use_cuda_graph = options.cuda_graph

@@ -105,6 +105,7 @@ class TorchBackend:
     name = "torch"
     on_gpu = False
     device_timing = False
+    streams = 1  # inferences it is set up to run at once (BackendOptions.streams is OpenVINO's alone)
 
     def __init__(self, path: Path | None, manifest: Manifest | None, options: BackendOptions, *, model=None):
         self._torch = _torch()
