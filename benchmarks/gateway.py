@@ -1,7 +1,7 @@
 """The ward gateway vs one ``Stream`` per bed (today's path), in one run, on real recordings replayed live.
 
 Usage:
-    python benchmarks/gateway.py ARTIFACT [--beds 8,16,32,64,128,256] [--seconds 15] [--provider cpu]
+    python benchmarks/gateway.py ARTIFACT [--beds 8,16,...] [--seconds 10] [--provider P] [--streams N]
 
 Two wards: lead II + PPG (CinC 2015 a103l, 250 Hz) at a 1-s hop, and 12-lead ECG (CinC 2021 Georgia
 records one after another, 500 Hz) at a 2-s hop. Each bed replays its recording from its own offset,
@@ -10,8 +10,11 @@ due from the first second, at a random phase per bed). For each number of beds, 
 ``--seconds``: the gateway (one Session, windows of all beds batched per lead set) and one Stream per bed,
 each on a thread of its own. Latency runs from the moment a window's last sample was due to arrive to its
 result (a late producer counts against its path). A load is held when p99 latency is under the hop and
-no window is skipped. Last, the engine alone: ``Session.run`` at the mean batch the gateway formed at its
-largest held load, against the gateway's windows/s there.
+no window is skipped. The engine alone is measured in the same run, with as many callers at once as
+the gateway has engine threads (the backend's ``streams``): ``Session.run`` at batch 1 and at
+``--max-batch`` first (what batching can gain on this machine bounds what the gateway can gain over one
+Stream per bed), and last at the mean batch the gateway formed at its largest held load, against the
+gateway's windows/s there.
 """
 
 from __future__ import annotations
@@ -24,9 +27,10 @@ import warnings
 import numpy as np
 from common import add_data_flag
 
-from csfm_edge.bench.timing import measure
+from csfm_edge.bench.timing import calls_per_second
 from csfm_edge.errors import SignalWarning
 from csfm_edge.recordings.datasets import read_npz_record
+from csfm_edge.runtime.backends import BackendOptions
 from csfm_edge.runtime.gateway import Gateway, GatewayResult
 from csfm_edge.runtime.session import Session, StreamLagWarning
 
@@ -70,7 +74,7 @@ class Replay:
 
 
 def run_gateway(session: Session, replay: Replay, ids, hop_s: float, seconds: float, max_batch: int,
-                max_delay_s: float, workers: int, engines: int) -> dict:
+                max_delay_s: float, workers: int) -> dict:
     latencies, batches, engine_s, late = [], [], [], [0]
     lock = threading.Lock()
 
@@ -85,7 +89,7 @@ def run_gateway(session: Session, replay: Replay, ids, hop_s: float, seconds: fl
 
     beds = len(replay.offsets)
     gateway = Gateway(session, on_result, hop_s=hop_s, max_batch=max_batch, max_delay_s=max_delay_s,
-                      workers=workers, engines=engines,
+                      workers=workers,
                       on_batch=lambda size, s: (batches.append(size), engine_s.append(s)))
     for b in range(beds):
         gateway.add(str(b), replay.fs, ids)
@@ -98,7 +102,8 @@ def run_gateway(session: Session, replay: Replay, ids, hop_s: float, seconds: fl
     took = time.perf_counter() - replay.start
     gateway.close(drain=False)
     result = summary(latencies, late[0], took, hop_s, float(np.mean(batches)) if batches else 0.0)
-    result["engine_rate"] = sum(batches) / sum(engine_s) if engine_s else 0.0
+    # windows per second of engine time, the engine threads' calls overlapping as Session.run's callers do
+    result["engine_rate"] = sum(batches) / sum(engine_s) * session.backend.streams if engine_s else 0.0
     return result
 
 
@@ -138,25 +143,37 @@ def summary(latencies: list[float], late: int, took: float, hop_s: float, mean_b
             "held": bool(latencies) and p99 < hop_s and late == 0}
 
 
+def engine_rate(session: Session, windows: np.ndarray, ids: np.ndarray, batch: int) -> float:
+    """Windows/s of ``Session.run`` alone at ``batch``, called by as many threads as the gateway's engine."""
+    chunk = windows[:batch]
+    calls = calls_per_second(lambda: session.run(chunk, ids), callers=session.backend.streams, duration_s=2.0)
+    return calls * batch
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("artifact")
     add_data_flag(parser)
-    parser.add_argument("--beds", default="8,16,32,64,128,256")
+    parser.add_argument("--beds", default="8,16,24,32,48,64,80,96,112,128,160,192,256")
     parser.add_argument("--wards", default="ii+ppg,12lead")
-    parser.add_argument("--seconds", type=float, default=15.0, help="per path and number of beds")
+    parser.add_argument("--seconds", type=float, default=10.0, help="per path and number of beds")
     parser.add_argument("--provider", default=None)
+    parser.add_argument("--streams", type=int, default=1, help="OpenVINO inferences at once (engine threads)")
     parser.add_argument("--max-batch", type=int, default=64)
     parser.add_argument("--max-delay-ms", type=float, default=50.0)
     parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--engines", type=int, default=1, help="gateway engine threads")
     args = parser.parse_args()
-    session = Session.open(args.artifact, provider=args.provider)
+    session = Session.open(args.artifact, BackendOptions(provider=args.provider, streams=args.streams))
     info = session.info()
-    print(f"{args.artifact}: {info['backend']} ({info['provider']}), CSFM {info['size']} {info['precision']}")
+    print(f"{args.artifact}: {info['backend']} ({info['provider']}), CSFM {info['size']} {info['precision']}, "
+          f"{session.backend.streams} engine thread(s)")
     for kind in args.wards.split(","):
         signal, fs, ids, hop_s = ward_signals(args.data, kind)
+        windows = session.prepare(signal[:, : int((WINDOW_S + args.max_batch) * fs)], fs, ids, hop_s=1.0).windows.data
+        single, full = engine_rate(session, windows, ids, 1), engine_rate(session, windows, ids, args.max_batch)
         print(f"\n{kind} at {fs:g} Hz, hop {hop_s:g} s, {args.seconds:g} s per run")
+        print(f"Session.run alone: {single:.1f} windows/s at batch 1, {full:.1f} at batch {args.max_batch} "
+              f"(batching gains {full / single:.2f}x here: the gateway's bound over one Stream per bed)")
         print(f"{'beds':>5} {'path':8} {'win/s':>8} {'batch':>6} {'p50 ms':>8} {'p99 ms':>8} {'late':>5} held")
         held = {"gateway": 0, "streams": 0}
         failed: set[str] = set()
@@ -168,7 +185,7 @@ def main() -> None:
                 replay = Replay(signal, fs, beds, hop_s)
                 if path == "gateway":
                     r = run_gateway(session, replay, ids, hop_s, args.seconds, args.max_batch,
-                                    args.max_delay_ms / 1e3, args.workers, args.engines)
+                                    args.max_delay_ms / 1e3, args.workers)
                 else:
                     r = run_streams(session, replay, ids, hop_s, args.seconds)
                 print(f"{beds:5d} {path:8} {r['windows_per_s']:8.1f} {r['mean_batch']:6.1f} {r['p50_ms']:8.1f} "
@@ -182,15 +199,14 @@ def main() -> None:
             if len(failed) == 2:
                 break
         ratio = held["gateway"] / held["streams"] if held["streams"] else float("inf")
-        print(f"most beds held: gateway {held['gateway']}, one Stream per bed {held['streams']} ({ratio:.1f}x)")
+        print(f"most beds held: gateway {held['gateway']}, one Stream per bed {held['streams']} ({ratio:.2f}x)")
         if largest is not None:
-            batch = max(int(round(largest["mean_batch"])), 1)
-            windows = session.prepare(signal[:, : int((WINDOW_S + batch) * fs)], fs, ids, hop_s=1.0).windows.data
-            engine = measure(lambda w=windows[:batch], i=ids: session.run(w, i), duration_s=2.0)
-            engine_rate = batch / engine.median_ms * 1e3
-            print(f"at {held['gateway']} beds the gateway's engine calls ran {largest['engine_rate']:.1f} windows/s "
-                  f"of engine time; Session.run alone at batch {batch}: {engine_rate:.1f} windows/s "
-                  f"({largest['engine_rate'] / engine_rate:.0%})")
+            batch = min(max(int(round(largest["mean_batch"])), 1), args.max_batch)
+            alone = engine_rate(session, windows, ids, batch)
+            print(f"at {held['gateway']} beds the gateway scored {largest['windows_per_s']:.1f} windows/s "
+                  f"({largest['engine_rate']:.1f} per second of engine time); Session.run alone at batch {batch}: "
+                  f"{alone:.1f} windows/s: throughput {largest['windows_per_s'] / alone:.0%}, engine calls "
+                  f"{largest['engine_rate'] / alone:.0%}")
 
 
 if __name__ == "__main__":

@@ -284,3 +284,18 @@ def test_each_bed_gets_its_results_in_window_order_from_two_engine_threads(tiny_
     assert [r.start_s for r in got] == [0.0, 1.0, 2.0, 3.0, 4.0]
     assert [r.leads for r in got] == [["II"]] * 3 + [["II", "PPG"]] * 2
     check_bed(got, expected(session, signal, fs, ids))
+
+
+def test_a_gain_jump_is_flagged_against_the_beds_windows_so_far(session, records):
+    """Lead II 1000x larger from 14 s on (mV turned into uV): the windows that reach into it are flagged
+    ``amplitude:II`` while the bed's usual spread is still the old one; PPG and the windows before are not."""
+    signal, fs, ids = records["bedside"]
+    signal = signal.copy()
+    signal[0, int(14 * fs):] *= 1000.0
+    results = Collector()
+    with Gateway(session, results) as gateway:
+        gateway.add("bed", fs, ids)
+        feed(gateway, results, "bed", signal, fs)
+    flagged = [round(r.start_s) for r in results.by_bed["bed"] if "amplitude:II" in r.flags]
+    assert flagged == [5, 6, 7, 8]  # from the first reaching past 14 s, until they are half the bed's windows
+    assert not any("amplitude:PPG" in r.flags for r in results.by_bed["bed"])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import multiprocessing
+import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
@@ -53,6 +54,29 @@ def measure(fn: Callable[[], object], *, warmup_s: float = 0.2, duration_s: floa
         fn()
         samples.append((time.perf_counter() - start) * 1000.0)
     return summarize(np.asarray(samples))
+
+
+def calls_per_second(fn: Callable[[], object], *, callers: int = 1, warmup_s: float = 0.2,
+                     duration_s: float = 1.0) -> float:
+    """Calls of ``fn`` completed per second with ``callers`` threads calling it at once for ``duration_s`` (after
+    ``warmup_s`` of the same): a backend's throughput as a server or gateway with that many engine threads
+    drives it, where :func:`measure` gives one caller's latency."""
+    done = [0] * callers
+    start = time.perf_counter()
+    timed_from, end = start + warmup_s, start + warmup_s + duration_s
+
+    def call(slot: int) -> None:
+        while (now := time.perf_counter()) < end:
+            fn()
+            if now >= timed_from:
+                done[slot] += 1
+
+    threads = [threading.Thread(target=call, args=(slot,)) for slot in range(callers)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return sum(done) / max(time.perf_counter() - timed_from, 1e-9)
 
 
 def in_own_process(fn: Callable[..., dict], *args) -> dict:

@@ -9,7 +9,8 @@ the oldest window in it has waited ``max_delay_s`` since its last sample arrived
 Each window is prepared by :meth:`Session.prepare` from the bed's samples of that window plus up to
 ``context_s`` seconds before it, and scored on the leads usable in it, as :meth:`Session.embed` scores
 windows: same filters, same flags (``flat:``/``missing:`` for a lead unusable in the whole window,
-``gap:``/``interpolated:`` for NaN runs, ``clipped:``, ``no_signal``). A bed that falls behind (a due
+``gap:``/``interpolated:`` for NaN runs, ``clipped:``, ``no_signal``; ``amplitude:`` against the bed's
+windows so far, as it cannot see later ones). A bed that falls behind (a due
 window waited longer than one hop while a newer one is due, or its samples left the ring buffer) skips
 to its newest window; each skipped window gives a result flagged ``late``. Memory per bed is its ring
 buffer (context + window + slack seconds). A bed's bad signal gives that bed flagged results; errors
@@ -25,19 +26,20 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
 from csfm_edge.config import SAMPLE_RATE_HZ, WINDOW_SAMPLES
 from csfm_edge.errors import CsfmError, ParameterError, ShapeError, SignalError
 from csfm_edge.leads import lead_names, resolve_leads
-from csfm_edge.runtime.preprocess import check_positive, check_rate
+from csfm_edge.runtime.preprocess import amplitude_off, check_positive, check_rate
 from csfm_edge.runtime.session import Session
 from csfm_edge.spec import SPEC
 
 WINDOW_S = WINDOW_SAMPLES / SAMPLE_RATE_HZ
 SLACK_S = 4.0  # ring room beyond context + window, at least: due windows wait here for a worker
+SPREAD_HISTORY = 600  # windows whose spreads make a bed's usual one (10 min at a 1-s hop)
 
 
 class GatewayError(CsfmError):
@@ -135,6 +137,17 @@ class _Bed:
         self.order_lock = threading.Lock()
         self.released = 0  # results given so far, in order
         self.held: dict[int, GatewayResult | None] = {}  # results ready before an earlier one (None: dropped)
+        self.spreads: deque[np.ndarray] = deque(maxlen=SPREAD_HISTORY)  # per lead, of the windows prepared so far
+
+    def amplitude(self, names: list[str], rows: list[np.ndarray]) -> np.ndarray:
+        """bool [C] over ``names``: the window's spread (its raw samples, ``rows`` per lead of the bed) far
+        from the bed's usual one so far, the live ``amplitude:`` flag. Called by the one worker serving the bed."""
+        spread = np.array([np.nanstd(row[-int(round(WINDOW_S * lead.fs)):]) if np.isfinite(row).any() else np.nan
+                           for row, lead in zip(rows, self.leads)])
+        self.spreads.append(spread)
+        with np.errstate(all="ignore"):
+            usual = np.nanmedian(np.stack(self.spreads), axis=0) if len(self.spreads) > 1 else spread
+        return amplitude_off(spread, usual)[[self.index[name] for name in names]]
 
     def take_seq(self) -> int:
         seq, self.next_seq = self.next_seq, self.next_seq + 1
@@ -446,7 +459,10 @@ class Gateway:
             flags = [d.flag for d in getattr(exc, "dropped", [])] or [str(exc)]
             self._deliver(found, due.seq, self._unscored(found, due, origin, offset, flags + ["no_signal"]))
             return
-        windows, names = prepared.windows, prepared.names
+        names = prepared.names
+        amplitude = np.zeros_like(prepared.windows.flat)
+        amplitude[-1] = found.amplitude(names, rows)  # judged on the bed's windows so far, not this one alone
+        windows = replace(prepared.windows, amplitude=amplitude)
         flags = [d.flag for d in prepared.dropped] + windows.flags(names)[-1]
         usable = np.flatnonzero(~windows.unusable(names)[-1])
         if not usable.size:

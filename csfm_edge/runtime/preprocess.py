@@ -415,11 +415,17 @@ def window_quality(x: np.ndarray, fs: float, starts_s: np.ndarray, filled: np.nd
                          for runs in pinned] for lo, hi in bounds], dtype=bool).reshape(len(bounds), len(pinned))
     partly_flat = _overlap_mask(still, bounds, still_len)
     spread = np.array([x[:, lo:hi].std(axis=1) for lo, hi in bounds]).reshape(len(bounds), x.shape[0])
-    usual = np.median(spread, axis=0, keepdims=True)
+    amplitude = amplitude_off(spread, np.median(spread, axis=0, keepdims=True))
+    return partly_flat, clipped & ~partly_flat, amplitude
+
+
+def amplitude_off(spread: np.ndarray, usual: np.ndarray) -> np.ndarray:
+    """bool: a window's spread ``AMPLITUDE_RATIO`` times above or below the ``usual`` one (both above
+    ``FLAT_STD``; NaN never): a gain or unit change. The usual spread is the record's median window
+    spread offline and, live, the median of the bed's windows so far (it cannot see later ones)."""
     with np.errstate(divide="ignore", invalid="ignore"):
         ratio = spread / usual
-    amplitude = (usual > FLAT_STD) & (spread > FLAT_STD) & ((ratio > AMPLITUDE_RATIO) | (ratio < 1 / AMPLITUDE_RATIO))
-    return partly_flat, clipped & ~partly_flat, amplitude
+    return (usual > FLAT_STD) & (spread > FLAT_STD) & ((ratio > AMPLITUDE_RATIO) | (ratio < 1 / AMPLITUDE_RATIO))
 
 
 def sliding_windows(
