@@ -30,6 +30,7 @@ BUDGET_S = 7 * 60  # the whole check stays under 8 minutes: a step that would st
 TORCH_AUTOCASTS = {"fp32": None, "fp16": "fp16", "bf16": "bf16"}
 BENCH_BATCHES = [1, 8, 64]
 BENCH_LEAD_SETS = ["ii+ppg", "12lead"]
+WARD_BEDS, WARD_SECONDS = 256, 5.0
 
 
 class Skip(Exception):
@@ -288,6 +289,30 @@ def _benchmark(check: GpuCheck) -> tuple[str, dict]:
     return f"{len(rows)} cases ({', '.join(targets)}), GPU time between CUDA events", {"rows": rows}
 
 
+def _ward(check: GpuCheck) -> tuple[str, dict]:
+    """The ward gateway at saturation on the GPU (the TensorRT engine if one was built, else the PyTorch
+    reference with FP16 autocast): windows/s it scores against one batch-1 call per window (one Stream per
+    bed), on the vendored ECG as 256 beds. The issue's target is 3x the beds of one Stream per bed."""
+    from csfm_edge.bench.ward import ward_saturation
+    from csfm_edge.recordings.sample import sample_ecg
+    from csfm_edge.runtime import Session
+    from csfm_edge.runtime.backends import BackendOptions
+
+    if "plan" in check.artifacts:
+        session = Session.open(check.artifacts["plan"])
+    elif _torch_cuda() and "fp32" in check.artifacts:
+        session = Session.open(check.artifacts["fp32"], BackendOptions(provider="cuda", reference=True,
+                                                                        autocast="fp16"))
+    else:
+        raise Skip("nothing runs on this GPU here: PyTorch has no CUDA and no TensorRT engine was built")
+    with session:
+        result = {"backend": session.info()["backend"],
+                  **ward_saturation(session, sample_ecg(), beds=WARD_BEDS, seconds=WARD_SECONDS)}
+    return (f"{result['beds']} beds, {result['backend']}: {result['windows_per_s']} windows/s scored at mean batch "
+            f"{result['mean_batch']} vs {result['batch1_windows_per_s']} at batch 1: {result['gain']}x the beds of "
+            "one Stream per bed at most"), result
+
+
 def bench_row(result: dict) -> dict:
     """One benchmark case as a row of the report."""
     gpu = result.get("gpu_compute_ms") or {}
@@ -339,7 +364,8 @@ def run_gpu_check(out: Path, data_dir: Path | None, say: Callable[[str], None]) 
     steps = [("cuda layer self-test", _cuda_layer), ("nvml power", _power),
              ("export tiny", lambda: _export(check)), ("doctor", lambda: _doctor(check)),
              ("pytorch on cuda parity", lambda: _torch_parity(check)),
-             ("tensorrt build, parity", lambda: _tensorrt(check)), ("gpu benchmark", lambda: _benchmark(check))]
+             ("tensorrt build, parity", lambda: _tensorrt(check)), ("gpu benchmark", lambda: _benchmark(check)),
+             ("ward gateway", lambda: _ward(check))]
     for name, step in steps:
         if absent is not None:
             check.steps.append(Step(name, "skipped", NO_GPU))

@@ -156,7 +156,7 @@ def test_gpu_check_here_says_there_is_no_gpu(tmp_path):
     steps = {s["name"]: s for s in report["steps"]}
     assert report["gpu"] is False and report["passed"] and report["summary"].startswith("no NVIDIA GPU")
     assert steps["machine"]["status"] == "pass" and "TensorRT" in steps["machine"]["detail"]
-    assert len(steps) == 8 and all(s["status"] == "skipped" and s["detail"] == "no NVIDIA GPU on this machine"
+    assert len(steps) == 9 and all(s["status"] == "skipped" and s["detail"] == "no NVIDIA GPU on this machine"
                                    for name, s in steps.items() if name != "machine")
     assert "| cuda layer self-test | skipped |" in (out / "gpu-check.md").read_text()
     assert "gpu-check: no NVIDIA GPU on this machine" in done.stdout
@@ -194,6 +194,8 @@ def test_gpu_check_steps_on_a_simulated_gpu(tmp_path, tiny_artifacts, data_dir, 
     monkeypatch.setattr(gpucheck, "gpu_presence", lambda *facts: None)
     monkeypatch.setattr(gpucheck, "BENCH_BATCHES", [1])
     monkeypatch.setattr(gpucheck, "BENCH_LEAD_SETS", ["ii+ppg"])
+    monkeypatch.setattr(gpucheck, "WARD_BEDS", 8)
+    monkeypatch.setattr(gpucheck, "WARD_SECONDS", 2.0)
     monkeypatch.setattr(gpucheck, "_export", lambda check: check.artifacts.update(
         {k: tiny_artifacts[k] for k in ("fp32", "fp16")}) or "reused the test's export")
     report = gpucheck.run_gpu_check(tmp_path, data_dir, lambda message: None)
@@ -211,3 +213,5 @@ def test_gpu_check_steps_on_a_simulated_gpu(tmp_path, tiny_artifacts, data_dir, 
     rows = steps["gpu benchmark"]["data"]["rows"]
     assert len(rows) == 2 and all(r["gpu_compute_ms"] == 1.0 and r["accuracy_min_cosine"] > 0.99 for r in rows)
     assert "## GPU benchmark" in (tmp_path / "gpu-check.md").read_text()
+    ward = steps["ward gateway"]["data"]
+    assert ward["backend"] == "torch" and ward["windows_per_s"] > 0 and ward["batch1_windows_per_s"] > 0
