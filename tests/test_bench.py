@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 
 import numpy as np
 import pytest
@@ -14,7 +15,7 @@ from csfm_edge.bench.flops import published_peak, window_flops
 from csfm_edge.bench.power import board_power_w, nvml_device, tegrastats_rails
 from csfm_edge.bench.report import build_report
 from csfm_edge.bench.runner import BenchConfig, run_bench
-from csfm_edge.bench.timing import measure
+from csfm_edge.bench.timing import calls_per_second, measure
 from csfm_edge.config import SIZES
 from csfm_edge.model import build
 from csfm_edge.runtime.backends import BackendOptions
@@ -112,3 +113,10 @@ def test_report_refuses_files_that_are_not_results(tmp_path):
     with pytest.raises(CsfmError, match="not a csfm-edge bench JSON"):
         build_report([tmp_path / "x.json"], tmp_path / "out")
     assert not np.any([p.suffix == ".png" for p in tmp_path.glob("out/*")])
+
+
+def test_calls_per_second_counts_overlapping_callers_and_calls_longer_than_the_duration():
+    """Two callers of a 0.3-s call (sleeping: no CPU, so load does not move it) measured for 0.1 s: each still
+    makes a timed call after its warm-up one, and the two overlap: about 2 / 0.3 s, not 1 / 0.3 s or 0."""
+    rate = calls_per_second(lambda: time.sleep(0.3), callers=2, warmup_s=0.05, duration_s=0.1)
+    assert 2 / 0.3 * 0.7 < rate < 2 / 0.3 * 1.05, rate

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import multiprocessing
 import threading
 import time
@@ -58,25 +59,29 @@ def measure(fn: Callable[[], object], *, warmup_s: float = 0.2, duration_s: floa
 
 def calls_per_second(fn: Callable[[], object], *, callers: int = 1, warmup_s: float = 0.2,
                      duration_s: float = 1.0) -> float:
-    """Calls of ``fn`` completed per second with ``callers`` threads calling it at once for ``duration_s`` (after
-    ``warmup_s`` of the same): a backend's throughput as a server or gateway with that many engine threads
-    drives it, where :func:`measure` gives one caller's latency."""
-    done = [0] * callers
+    """Calls of ``fn`` completed per second with ``callers`` threads calling it at once: each caller warms up
+    for ``warmup_s``, then calls until ``duration_s`` has passed and it made at least one timed call (a call
+    may take longer than the duration); the rate is the timed calls over the span from the first timed
+    call's start to the last one's end. A backend's throughput as a server or gateway with that many engine
+    threads drives it, where :func:`measure` gives one caller's latency."""
+    counted = [0] * callers
+    spans: list[tuple[float, float]] = [(math.inf, -math.inf)] * callers
     start = time.perf_counter()
     timed_from, end = start + warmup_s, start + warmup_s + duration_s
 
     def call(slot: int) -> None:
-        while (now := time.perf_counter()) < end:
+        while (now := time.perf_counter()) < end or not counted[slot]:
             fn()
             if now >= timed_from:
-                done[slot] += 1
+                counted[slot] += 1
+                spans[slot] = (min(spans[slot][0], now), time.perf_counter())
 
     threads = [threading.Thread(target=call, args=(slot,)) for slot in range(callers)]
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join()
-    return sum(done) / max(time.perf_counter() - timed_from, 1e-9)
+    return sum(counted) / max(max(e for _, e in spans) - min(b for b, _ in spans), 1e-9)
 
 
 def in_own_process(fn: Callable[..., dict], *args) -> dict:
