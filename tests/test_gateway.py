@@ -299,3 +299,20 @@ def test_a_gain_jump_is_flagged_against_the_beds_windows_so_far(session, records
     flagged = [round(r.start_s) for r in results.by_bed["bed"] if "amplitude:II" in r.flags]
     assert flagged == [5, 6, 7, 8]  # from the first reaching past 14 s, until they are half the bed's windows
     assert not any("amplitude:PPG" in r.flags for r in results.by_bed["bed"])
+
+
+def test_chunks_stamped_as_lsl_stamps_them_follow_on_without_gaps(session, records):
+    """LSL's default: each chunk's last sample stamped at its push (up to 30 ms late), the others back-dated at
+    the nominal rate, so chunks overlap or part by the jitter. The samples follow on (no gap, none dropped):
+    every window equals embed on the signal as it was, unflagged where embed's is."""
+    signal, fs, ids = records["bedside"]
+    rng = np.random.default_rng(3)
+    results = Collector()
+    with Gateway(session, results) as gateway:
+        gateway.add("bed", fs, ids)
+        bounds = np.arange(0, signal.shape[1], int(0.05 * fs))
+        for lo, hi in zip(bounds, list(bounds[1:]) + [signal.shape[1]]):
+            pushed = 500.0 + hi / fs + rng.uniform(0, 0.03)
+            gateway.push("bed", signal[:, lo:hi], pushed - np.arange(hi - lo)[::-1] / fs)
+            results.wait("bed", windows_due(hi, fs))  # the bed keeps up: no window late
+    check_bed(results.by_bed["bed"], expected(session, signal, fs, ids))

@@ -39,6 +39,7 @@ from csfm_edge.spec import SPEC
 
 WINDOW_S = WINDOW_SAMPLES / SAMPLE_RATE_HZ
 SLACK_S = 4.0  # ring room beyond context + window, at least: due windows wait here for a worker
+JITTER_S = 0.05  # a sample's timestamp this close to where it follows on from the last is jitter, not a gap
 SPREAD_HISTORY = 600  # windows whose spreads make a bed's usual one (10 min at a 1-s hop)
 
 
@@ -96,6 +97,26 @@ class _Lead:
             return None
         index = np.arange(lo, hi) % self.capacity
         return self.ring[index]
+
+
+def grid_positions(stamped: np.ndarray, total: int, tolerance: int) -> np.ndarray:
+    """Where each sample goes on a lead's grid, given where its timestamp puts it (``stamped``) and the
+    samples already there (``total``): right after the last one while the timestamp agrees within
+    ``tolerance`` samples (LSL stamps a chunk at its push and back-dates the rest, so chunks overlap or
+    part by the push's jitter), at its timestamp where that is further ahead (a real gap: NaN between), or
+    -1 (dropped) where it lies further behind (a repeated sample). The grid never strays from the
+    timestamps by more than ``tolerance``."""
+    out = np.empty(len(stamped), np.int64)
+    position = total
+    for i, wanted in enumerate(stamped.tolist()):
+        if wanted < position - tolerance:
+            out[i] = -1
+            continue
+        if wanted > position + tolerance:
+            position = wanted  # a real gap: the samples between are missing
+        out[i] = position
+        position += 1
+    return out
 
 
 @dataclass
@@ -356,9 +377,9 @@ class Gateway:
             else:
                 found.offset_s = found.origin - found.first_origin
         lead = found.leads[rows[0]]
-        index = np.round((timestamps - found.origin) * lead.fs).astype(np.int64)
-        keep = index >= lead.total
-        keep[1:] &= index[1:] > np.maximum.accumulate(index)[:-1]  # repeated or backwards samples
+        index = grid_positions(np.round((timestamps - found.origin) * lead.fs).astype(np.int64), lead.total,
+                               max(int(round(JITTER_S * lead.fs)), 1))
+        keep = index >= 0
         if not keep.any():
             return block[:, :0]
         index, block = index[keep], block[:, keep]
