@@ -128,3 +128,45 @@ def check_ward(sent_path: Path, ward: Path, artifact: Path) -> None:
     assert [r["flags"] for r in rows if r["record"] == "unplugged"][-1] == "disconnected"
     assert all(last[bed] > last["unplugged"] + 5 for bed in ("holter", "twelve", "bedside")), last
     assert np.percentile(latencies, 99) < HOP_S * 1e3, np.percentile(latencies, 99)
+
+
+@pytest.mark.slow
+def test_a_stream_joining_its_bed_later_starts_the_new_grid_without_a_gap(tiny_artifacts, data_dir):
+    """A bed's ECG outlet sends alone for 3 s, then its PPG outlet appears: the bed is rebuilt with both, from
+    the latest first sample among them (the PPG's backlog since it was opened must not leave II missing at
+    the new grid's start, nor II's leave the PPG missing): every window scored on II + PPG without a gap."""
+    import pylsl
+
+    from csfm_edge.live.lsl import LslBeds
+    from csfm_edge.runtime.gateway import Gateway
+
+    with np.load(data_dir / "a103l.npz") as record:
+        signal = record["signal"][:2, ::2].astype(np.float32)  # II, PLETH at 125 Hz
+    session = Session.open(tiny_artifacts["int8"])
+    results = []
+    gateway = Gateway(session, results.append, hop_s=1.0)
+    beds = LslBeds(gateway)
+
+    def outlet(name: str, kind: str, label: str) -> pylsl.StreamOutlet:
+        info = pylsl.StreamInfo(name, kind, 1, 125.0, "float32", "joining")
+        info.desc().append_child("channels").append_child("channel").append_child_value("label", label)
+        return pylsl.StreamOutlet(info)
+
+    try:
+        outlets = {0: outlet("joining-ecg", "ECG", "II")}
+        start, sent = pylsl.local_clock(), 0
+        while (now := pylsl.local_clock() - start) < 17.0:
+            if now >= 3.0 and 1 not in outlets:
+                outlets[1] = outlet("joining-ppg", "PPG", "PLETH")
+            upto = int(now * 125)
+            for row, o in outlets.items():
+                times = start + np.arange(sent, upto) / 125
+                o.push_chunk(signal[row, sent:upto, None].copy(), times.tolist())
+            sent = upto
+            time.sleep(0.05)
+    finally:
+        beds.close()
+        gateway.close()
+    scored = [r for r in results if r.batch]
+    assert scored and all(r.leads == ["II", "PPG"] and not r.flags for r in scored), \
+        [(r.start_s, r.leads, r.flags) for r in results]
