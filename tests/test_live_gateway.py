@@ -124,7 +124,9 @@ def check_ward(sent_path: Path, ward: Path, artifact: Path) -> None:
         last[bed] = max(r["timestamp"] for r in mine if r["timestamp"] is not None)
         if bed == "bedside":  # the PPG stream's dropout: those windows scored on II alone
             gaps = [r for r in scored if "gap:PPG" in r["flags"]]
-            assert len(gaps) == 5 and all(r["leads"] == "II" for r in gaps), [r["start_s"] for r in gaps]
+            # 5 windows of the 2-s hop overlap the 2-s gap, 6 where the bed's grid does not start on the sender's
+            # whole seconds (its second stream joined after the sending began); flags equal embed's above
+            assert len(gaps) in (5, 6) and all(r["leads"] == "II" for r in gaps), [r["start_s"] for r in gaps]
     assert [r["flags"] for r in rows if r["record"] == "unplugged"][-1] == "disconnected"
     assert all(last[bed] > last["unplugged"] + 5 for bed in ("holter", "twelve", "bedside")), last
     assert np.percentile(latencies, 99) < HOP_S * 1e3, np.percentile(latencies, 99)
