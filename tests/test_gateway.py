@@ -316,3 +316,23 @@ def test_chunks_stamped_as_lsl_stamps_them_follow_on_without_gaps(session, recor
             gateway.push("bed", signal[:, lo:hi], pushed - np.arange(hi - lo)[::-1] / fs)
             results.wait("bed", windows_due(hi, fs))  # the bed keeps up: no window late
     check_bed(results.by_bed["bed"], expected(session, signal, fs, ids))
+
+
+def test_closing_scores_every_window_already_due(session, records, monkeypatch):
+    """``close()`` while a worker is still preparing the due windows (here each preparation takes 0.3 s):
+    they are scored too, as the engine threads stop only after the preprocessing threads handed over all."""
+    signal, fs, ids = records["bedside"]
+    prepare = session.prepare
+
+    def slow_prepare(*args, **kwargs):
+        time.sleep(0.3)
+        return prepare(*args, **kwargs)
+
+    monkeypatch.setattr(session, "prepare", slow_prepare)
+    results = Collector()
+    with Gateway(session, results, workers=1) as gateway:
+        gateway.add("bed", fs, ids)
+        gateway.push("bed", signal[:, : int(11 * fs)])
+        time.sleep(0.1)  # the worker took both windows: none waits in a queue any more
+        assert gateway.queue_depth() == 0
+    assert [r.start_s for r in results.by_bed["bed"]] == [0.0, 1.0]

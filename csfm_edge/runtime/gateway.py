@@ -271,12 +271,12 @@ class Gateway:
         self._engine = threading.Condition()
         self._stopping = False
         self._error: BaseException | None = None
-        self._threads = [threading.Thread(target=self._guard, args=(self._prepare_loop,), daemon=True,
-                                          name=f"csfm-gateway-prep{i}")
-                         for i in range(int(check_positive("workers", workers, integer=True)))]
-        self._threads += [threading.Thread(target=self._guard, args=(self._engine_loop,), daemon=True,
-                                           name=f"csfm-gateway-engine{i}")
-                          for i in range(session.backend.streams)]
+        self._preparers = [threading.Thread(target=self._guard, args=(self._prepare_loop,), daemon=True,
+                                            name=f"csfm-gateway-prep{i}")
+                           for i in range(int(check_positive("workers", workers, integer=True)))]
+        self._engines = [threading.Thread(target=self._guard, args=(self._engine_loop,), daemon=True,
+                                          name=f"csfm-gateway-engine{i}") for i in range(session.backend.streams)]
+        self._threads = self._preparers + self._engines
         for thread in self._threads:
             thread.start()
 
@@ -565,12 +565,14 @@ class Gateway:
             deadline = time.perf_counter() + 30.0
             while self.queue_depth() and self._error is None and time.perf_counter() < deadline:
                 time.sleep(0.01)
-        for _ in self._threads:
+        for _ in self._preparers:
             self._work.put(None)
+        for thread in self._preparers:  # first: a window being prepared reaches the engine queue
+            thread.join(timeout=30.0)
         with self._engine:
             self._stopping = True
             self._engine.notify_all()
-        for thread in self._threads:
+        for thread in self._engines:
             thread.join(timeout=30.0)
         self.check()
 
