@@ -336,3 +336,15 @@ def test_closing_scores_every_window_already_due(session, records, monkeypatch):
         time.sleep(0.1)  # the worker took both windows: none waits in a queue any more
         assert gateway.queue_depth() == 0
     assert [r.start_s for r in results.by_bed["bed"]] == [0.0, 1.0]
+
+
+def test_a_closed_gateway_refuses_samples_rather_than_drop_them(session, records):
+    signal, fs, ids = records["bedside"]
+    gateway = Gateway(session, lambda r: None)
+    gateway.add("bed", fs, ids)
+    gateway.close()
+    gateway.close()  # twice: nothing more
+    with pytest.raises(GatewayError, match="closed"):
+        gateway.push("bed", signal[:, :250])
+    with pytest.raises(GatewayError, match="closed"):
+        gateway.add("other", fs, ids)

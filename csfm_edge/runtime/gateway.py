@@ -270,6 +270,7 @@ class Gateway:
         self._queued: dict[_Bed, list[_Entry]] = {}  # each bed's entries in _batches, oldest first
         self._engine = threading.Condition()
         self._stopping = False
+        self._closed = False  # close() was called: nothing more is taken
         self._error: BaseException | None = None
         self._preparers = [threading.Thread(target=self._guard, args=(self._prepare_loop,), daemon=True,
                                             name=f"csfm-gateway-prep{i}")
@@ -284,6 +285,7 @@ class Gateway:
 
     def add(self, bed: str, fs: float | Sequence[float], leads, *, hop_s: float | None = None) -> None:
         """A new bed: one rate for all its leads, or one rate per lead; ``hop_s`` defaults to the gateway's."""
+        self.check()
         made = _Bed(str(bed), fs, leads, self.hop_s if hop_s is None else hop_s, self.context_s)
         with self._beds_lock:
             if made.name in self._beds:
@@ -421,7 +423,13 @@ class Gateway:
                 self._work.put(None)
 
     def check(self) -> None:
-        """Raise :class:`GatewayError` if a worker stopped (the engine or a result callback failed)."""
+        """Raise :class:`GatewayError` if a worker stopped (the engine or a result callback failed), or if the
+        gateway was closed (samples taken then would never be scored)."""
+        self._raise_error()
+        if self._closed:
+            raise GatewayError("the gateway is closed: make a new one to serve beds again")
+
+    def _raise_error(self) -> None:
         if self._error is not None:
             raise GatewayError(f"the gateway stopped: {type(self._error).__name__}: {self._error}") from self._error
 
@@ -560,7 +568,11 @@ class Gateway:
     # --- lifetime -----------------------------------------------------------------------------
 
     def close(self, drain: bool = True) -> None:
-        """Stop the workers; with ``drain`` windows already due are scored first. Raises a stored error."""
+        """Stop the workers; with ``drain`` windows already due are scored first. Raises a stored error.
+        Closing twice does nothing more."""
+        if self._closed:
+            return
+        self._closed = True
         if drain:
             deadline = time.perf_counter() + 30.0
             while self.queue_depth() and self._error is None and time.perf_counter() < deadline:
@@ -574,7 +586,7 @@ class Gateway:
             self._engine.notify_all()
         for thread in self._engines:
             thread.join(timeout=30.0)
-        self.check()
+        self._raise_error()
 
     def __enter__(self) -> Gateway:
         return self
