@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import tempfile
 import time
 from pathlib import Path
@@ -29,6 +28,7 @@ from csfm_edge.export.onnx_export import ensure_artifacts
 from csfm_edge.recordings.batch import BatchRequest, run_batch
 from csfm_edge.recordings.ray_engine import RayOptions, ray_connection, run_ray_batch
 from csfm_edge.runtime.backends import BackendOptions
+from csfm_edge.runtime.tuned import cpu_model
 
 CUT_S = 10.0
 
@@ -46,13 +46,6 @@ def cut_records(data: Path, folder: Path, count: int) -> int:
         name, start, signal, fs, leads = stretches[i % len(stretches)]
         np.savez(folder / f"{i:06d}-{name}-{start}.npz", signal=signal, fs=fs, leads=leads)
     return len(stretches)
-
-
-def cpu_model() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines() if Path("/proc/cpuinfo").exists() else []:
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.processor() or platform.machine()
 
 
 def main() -> None:
