@@ -27,7 +27,7 @@ import warnings
 import numpy as np
 from common import add_data_flag
 
-from csfm_edge.bench.timing import calls_per_second
+from csfm_edge.bench.ward import engine_rate
 from csfm_edge.errors import SignalWarning
 from csfm_edge.recordings.datasets import read_npz_record
 from csfm_edge.runtime.backends import BackendOptions
@@ -141,13 +141,6 @@ def summary(latencies: list[float], late: int, took: float, hop_s: float, mean_b
     return {"windows_per_s": len(latencies) / took, "late": late, "mean_batch": mean_batch,
             "p50_ms": float(np.percentile(lat, 50)) * 1e3, "p99_ms": p99 * 1e3,
             "held": bool(latencies) and p99 < hop_s and late == 0}
-
-
-def engine_rate(session: Session, windows: np.ndarray, ids: np.ndarray, batch: int) -> float:
-    """Windows/s of ``Session.run`` alone at ``batch``, called by as many threads as the gateway's engine."""
-    chunk = windows[:batch]
-    calls = calls_per_second(lambda: session.run(chunk, ids), callers=session.backend.streams, duration_s=2.0)
-    return calls * batch
 
 
 def main() -> None:

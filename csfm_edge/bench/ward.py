@@ -21,6 +21,14 @@ from csfm_edge.runtime.session import Session
 WINDOW_S = WINDOW_SAMPLES / SAMPLE_RATE_HZ
 
 
+def engine_rate(session: Session, windows: np.ndarray, ids: np.ndarray, batch: int, duration_s: float = 2.0) -> float:
+    """Windows/s of ``Session.run`` alone on ``windows[:batch]``, called by as many threads at once as a gateway
+    on ``session`` has engine threads (the backend's ``streams``)."""
+    chunk = windows[:batch]
+    calls = calls_per_second(lambda: session.run(chunk, ids), callers=session.backend.streams, duration_s=duration_s)
+    return calls * batch
+
+
 def ward_saturation(session: Session, recording: Recording, *, beds: int = 256, seconds: float = 5.0,
                     max_batch: int = 64, workers: int = 4) -> dict:
     """``beds`` copies of ``recording`` (one rate; each bed from its own offset, wrapping around) pushed one
@@ -55,9 +63,7 @@ def ward_saturation(session: Session, recording: Recording, *, beds: int = 256, 
     finally:
         gateway.close(drain=False)
     prepared = session.prepare(signal[:, : int(WINDOW_S * fs)], fs, recording.leads)
-    window = prepared.windows.data[:1]
-    single = calls_per_second(lambda: session.run(window, prepared.ids), callers=session.backend.streams,
-                              duration_s=1.0)
+    single = engine_rate(session, prepared.windows.data, prepared.ids, 1, duration_s=1.0)
     rate = done / took
     return {"beds": beds, "seconds": round(took, 2), "windows_per_s": round(rate, 1),
             "mean_batch": round(float(np.mean(batches)), 1) if batches else 0.0,
